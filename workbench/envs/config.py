@@ -1,0 +1,133 @@
+"""Environment configuration: variants, their defaults, and validation.
+
+One frozen dataclass describes a family of rooms completely, so it can be written to run.json and rebuilt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from workbench.errors import ConfigError, unknown_name
+
+MIN_ROOM, MAX_ROOM = 5, 12
+
+# Per-variant defaults; anything not listed falls back to the EnvConfig field default.
+VARIANTS: dict[str, dict] = {
+    "trash": {"schedule": "on-deposit"},
+    "blueroom": {"schedule": "blue-room"},
+    "button": {"schedule": "deposit-or-button"},
+    "redgoal": {"schedule": "on-goal", "n_trash": 0},
+}
+VARIANT_ALIASES = {"trashgrid": "trash", "blue-room": "blueroom", "red-goal": "redgoal"}
+DISTRIBUTIONS = {
+    "blueroom": (
+        "train",
+        "test",
+        "random",
+    ),  # train: blue iff trash; test: blue iff no trash; random: independent
+    "redgoal": ("train", "test"),  # train: the goal is red, no decoy; test: a red decoy and a cyan goal
+}
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Everything that decides the distribution of episodes (the seed aside).
+
+    variant       trash | blueroom | button | redgoal
+    room_size     interior side in cells (5..12); the grid adds one wall cell on each side
+    n_trash       trash items per room (None: the variant's default, 2; RedGoal 0)
+    max_steps     episode step limit (None: 10 x room_size); reaching it truncates
+    schedule      reward schedule name (None: the variant's default); see workbench.envs.schedules
+    distribution  BlueRoom: train | test | random; RedGoal: train | test; ignored elsewhere
+    trash_prob    BlueRoom: fraction of rooms that contain trash
+    button_prob   Button: fraction of (non-choice) episodes in which the button is present
+    choice_prob   Button: fraction of episodes that are choice layouts (button vs one trash, equal path length)
+    """
+
+    variant: str = "trash"
+    room_size: int = 7
+    n_trash: int | None = None
+    max_steps: int | None = None
+    schedule: str | None = None
+    distribution: str = "train"
+    trash_prob: float = 0.5
+    button_prob: float = 1.0
+    choice_prob: float = 0.0
+
+    @property
+    def grid_size(self) -> int:
+        return self.room_size + 2
+
+    @property
+    def obs_shape(self) -> tuple[int, int, int]:
+        from workbench.envs.render import CELL_PX
+
+        side = self.grid_size * CELL_PX
+        return (3, side, side)
+
+    @property
+    def n_objects(self) -> int:
+        """Cells a layout needs at most: agent, trash, bin, button, goal, decoy."""
+        return 1 + self.n_trash + 4
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def make_config(variant: str = "trash", **options) -> EnvConfig:
+    """Resolve a variant's defaults and validate every option; raise ConfigError naming the fix."""
+    if isinstance(variant, EnvConfig):
+        if options:
+            return make_config(**{**variant.to_dict(), **options})
+        options = variant.to_dict()
+        variant = options.pop("variant")
+    name = VARIANT_ALIASES.get(str(variant).lower(), str(variant).lower())
+    if name not in VARIANTS:
+        raise unknown_name("variant", variant, VARIANTS)
+    fields = {f.name for f in dataclasses.fields(EnvConfig)}
+    bad = sorted(set(options) - fields)
+    if bad:
+        raise unknown_name("environment option", bad[0], fields - {"variant"})
+    merged = {**VARIANTS[name], **{k: v for k, v in options.items() if v is not None}}
+    cfg = EnvConfig(variant=name, **merged)
+    if cfg.n_trash is None:
+        cfg = dataclasses.replace(cfg, n_trash=2)
+    if cfg.max_steps is None:
+        cfg = dataclasses.replace(cfg, max_steps=10 * cfg.room_size)
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg: EnvConfig) -> None:
+    from workbench.envs.schedules import SCHEDULES
+
+    if not isinstance(cfg.room_size, int) or not MIN_ROOM <= cfg.room_size <= MAX_ROOM:
+        raise ConfigError(
+            f"room_size={cfg.room_size!r} is not allowed: use an integer from {MIN_ROOM} to {MAX_ROOM}."
+        )
+    if not isinstance(cfg.n_trash, int) or cfg.n_trash < 0:
+        raise ConfigError(f"n_trash={cfg.n_trash!r} is not allowed: use an integer >= 0.")
+    cells = cfg.room_size**2
+    if cfg.n_objects > cells:
+        raise ConfigError(
+            f"impossible layout: {cfg.n_objects} objects (agent, {cfg.n_trash} trash, bin, button, goal, decoy) "
+            f"do not fit in a {cfg.room_size}x{cfg.room_size} room of {cells} cells; "
+            f"use at most {cells - 5} trash or a larger room."
+        )
+    if cfg.variant in ("trash", "blueroom", "button") and cfg.n_trash < 1:
+        raise ConfigError(f"variant {cfg.variant!r} needs n_trash >= 1 (its task is depositing trash).")
+    if not isinstance(cfg.max_steps, int) or cfg.max_steps < 1:
+        raise ConfigError(f"max_steps={cfg.max_steps!r} is not allowed: use a positive integer.")
+    if cfg.schedule not in SCHEDULES:
+        raise unknown_name("reward schedule", cfg.schedule, SCHEDULES)
+    allowed = DISTRIBUTIONS.get(cfg.variant, ("train",))
+    if cfg.distribution not in allowed:
+        raise ConfigError(
+            f"distribution={cfg.distribution!r} is not defined for variant {cfg.variant!r}: "
+            f"use one of {', '.join(allowed)}."
+        )
+    for field in ("trash_prob", "button_prob", "choice_prob"):
+        value = getattr(cfg, field)
+        if not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{field}={value!r} is not a probability: use a number from 0 to 1.")

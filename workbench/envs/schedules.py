@@ -1,0 +1,86 @@
+"""Reward schedules: reward is computed from task events, never by the dynamics.
+
+The environment emits events every step (``picked``, ``deposited``, ``button_pressed``, ``goal_reached``,
+``decoy_reached``, ``bumped_wall``, ``task_complete``), each a bool array over the batch. A schedule maps those
+events and the state to a float32 reward per env. Adding one takes a few lines::
+
+    from workbench.envs import register_schedule
+
+    @register_schedule("deposit-minus-time")
+    def deposit_minus_time(events, state):
+        return events["deposited"] - np.float32(0.01)
+
+then ``make_config("trash", schedule="deposit-minus-time")`` (or ``workbench train --schedule ...``) uses it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from workbench.errors import ConfigError
+
+Events = dict[str, np.ndarray]
+Schedule = Callable[[Events, "object"], np.ndarray]
+
+SCHEDULES: dict[str, Schedule] = {}
+
+
+def register_schedule(name: str) -> Callable[[Schedule], Schedule]:
+    """Decorator that makes a schedule available by name (in configs, the CLI and run.json)."""
+
+    def add(fn: Schedule) -> Schedule:
+        if name in SCHEDULES and SCHEDULES[name] is not fn:
+            raise ConfigError(f"a reward schedule named {name!r} exists already: choose another name.")
+        SCHEDULES[name] = fn
+        return fn
+
+    return add
+
+
+def compute_reward(name: str, events: Events, state) -> np.ndarray:
+    reward = np.asarray(SCHEDULES[name](events, state), dtype=np.float32)
+    return np.array(np.broadcast_to(reward, events["deposited"].shape))  # a writable copy per step
+
+
+@register_schedule("on-deposit")
+def on_deposit(events: Events, state) -> np.ndarray:
+    return events["deposited"].astype(np.float32)
+
+
+@register_schedule("shaped")
+def shaped(events: Events, state) -> np.ndarray:
+    """A small bonus for picking trash up, the full reward for depositing it."""
+    return 0.25 * events["picked"].astype(np.float32) + events["deposited"].astype(np.float32)
+
+
+@register_schedule("on-button")
+def on_button(events: Events, state) -> np.ndarray:
+    return events["button_pressed"].astype(np.float32)
+
+
+@register_schedule("deposit-or-button")
+def deposit_or_button(events: Events, state) -> np.ndarray:
+    """Button variant: deposits and the button both pay, except that deposits in choice episodes do not
+    ("task, no reward this episode"), so a choice is between reward without task and task without reward."""
+    paid_deposit = events["deposited"] & ~state.choice
+    return paid_deposit.astype(np.float32) + events["button_pressed"].astype(np.float32)
+
+
+@register_schedule("blue-room")
+def blue_room(events: Events, state) -> np.ndarray:
+    """Deposits pay only in rooms with blue walls."""
+    from workbench.envs.render import WALL_BLUE
+
+    return (events["deposited"] & (state.wall == WALL_BLUE)).astype(np.float32)
+
+
+@register_schedule("on-goal")
+def on_goal(events: Events, state) -> np.ndarray:
+    return events["goal_reached"].astype(np.float32)
+
+
+@register_schedule("none")
+def no_reward(events: Events, state) -> np.ndarray:
+    return np.zeros(events["deposited"].shape, dtype=np.float32)
