@@ -103,9 +103,7 @@ def _validate(cfg: EnvConfig) -> None:
     from workbench.envs.schedules import SCHEDULES
 
     if not isinstance(cfg.room_size, int) or not MIN_ROOM <= cfg.room_size <= MAX_ROOM:
-        raise ConfigError(
-            f"room_size={cfg.room_size!r} is not allowed: use an integer from {MIN_ROOM} to {MAX_ROOM}."
-        )
+        raise ConfigError(f"room_size={cfg.room_size!r} is not allowed: use an integer from {MIN_ROOM} to {MAX_ROOM}.")
     if not isinstance(cfg.n_trash, int) or cfg.n_trash < 0:
         raise ConfigError(f"n_trash={cfg.n_trash!r} is not allowed: use an integer >= 0.")
     cells = cfg.room_size**2

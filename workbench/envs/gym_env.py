@@ -49,17 +49,12 @@ class TrashGridEnv(gym.Env):
     def step(self, action):
         if self._state is None:
             raise WorkbenchError("step() was called before reset(): call env.reset(seed=...) first.")
-        events, reward, terminated, truncated = core.step(
-            self.config, self._state, np.asarray(action).reshape(1)
-        )
+        events, reward, terminated, truncated = core.step(self.config, self._state, np.asarray(action).reshape(1))
         info = self._info({k: bool(v[0]) for k, v in events.items()}, float(reward[0]))
         return self._state.obs[0].copy(), float(reward[0]), bool(terminated[0]), bool(truncated[0]), info
 
     def _info(self, events: dict, reward: float) -> dict:
-        info = {
-            k: (v[0].item() if v[0].ndim == 0 else v[0])
-            for k, v in core.labels(self.config, self._state).items()
-        }
+        info = {k: (v[0].item() if v[0].ndim == 0 else v[0]) for k, v in core.labels(self.config, self._state).items()}
         info.update({f"event_{k}": v for k, v in events.items()})
         info["reward"] = reward
         info["episode_id"] = int(self._state.episode[0])
@@ -77,6 +72,4 @@ class TrashGridEnv(gym.Env):
 def register_envs() -> None:
     for gym_id, variant in GYM_IDS.items():
         if gym_id not in gym.registry:
-            gym.register(
-                gym_id, entry_point="workbench.envs.gym_env:TrashGridEnv", kwargs={"variant": variant}
-            )
+            gym.register(gym_id, entry_point="workbench.envs.gym_env:TrashGridEnv", kwargs={"variant": variant})

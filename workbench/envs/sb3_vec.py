@@ -64,9 +64,7 @@ class WorkbenchVecEnv(VecEnv):
         return [getattr(self, attr_name) for _ in self._get_indices(indices)]
 
     def set_attr(self, attr_name, value, indices=None):
-        raise WorkbenchError(
-            f"cannot set {attr_name!r}: a WorkbenchVecEnv is configured once, at construction."
-        )
+        raise WorkbenchError(f"cannot set {attr_name!r}: a WorkbenchVecEnv is configured once, at construction.")
 
     def env_method(self, method_name, *args, indices=None, **kwargs):
         raise WorkbenchError(
