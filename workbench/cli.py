@@ -1,0 +1,277 @@
+"""The `workbench` command line. Every command has --help with an example."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from workbench.errors import WorkbenchError
+
+app = typer.Typer(
+    help="reward-workbench: train small RL policies, open them up, test what reward chiselled into them.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(stderr=True)
+
+
+def main() -> None:
+    """Console entry point: WorkbenchErrors become one clear line and exit status 2, not a traceback."""
+    try:
+        app()
+    except WorkbenchError as err:
+        console.print(f"[bold red]error:[/] {err}")
+        sys.exit(2)
+
+
+@app.command()
+def envs() -> None:
+    """List the environment variants, their gymnasium ids and the reward schedules.
+
+    Example: workbench envs
+    """
+    from workbench.envs import GYM_IDS, SCHEDULES, VARIANTS
+
+    ids = {v: k for k, v in GYM_IDS.items()}
+    for name, defaults in VARIANTS.items():
+        typer.echo(f"{name:9s} {ids[name]:24s} default schedule: {defaults['schedule']}")
+    typer.echo("schedules: " + ", ".join(SCHEDULES))
+
+
+@app.command()
+def render(
+    variant: str = typer.Argument("trash", help="trash | blueroom | button | redgoal"),
+    steps: int = typer.Option(12, help="steps of the random rollout"),
+    seed: int = typer.Option(0),
+    out: Path = typer.Option(None, help="also write the frames side by side as a PNG"),
+    option: list[str] = typer.Option([], "--option", "-o", help="env option as key=value, repeatable"),
+) -> None:
+    """Play a random rollout and show it as text (and optionally a PNG strip).
+
+    Example: workbench render blueroom --steps 8 -o distribution=test --out rollout.png
+    """
+    import numpy as np
+
+    from workbench.envs import BatchEnv
+    from workbench.io import atomic_write_bytes, png_bytes
+
+    env = BatchEnv(variant, n_envs=1, seed=seed, **parse_options(option))
+    rng = np.random.default_rng(seed)
+    frames = [env.render_rgb(0, scale=8)]
+    typer.echo(env.render_text(0))
+    for _ in range(steps):
+        action = rng.integers(0, 5, size=1)
+        _, reward, terminated, truncated, info = env.step(action)
+        fired = [k for k in ("picked", "deposited", "button_pressed", "goal_reached", "decoy_reached") if info[k][0]]
+        typer.echo(f"\naction {int(action[0])}  reward {reward[0]:g}  events {fired or '-'}")
+        typer.echo(env.render_text(0))
+        frames.append(env.render_rgb(0, scale=8))
+        if terminated[0] or truncated[0]:
+            typer.echo("(episode over; a new one starts)")
+    if out is not None:
+        strip = np.concatenate([np.pad(f, ((2, 2), (2, 2), (0, 0)), constant_values=255) for f in frames], axis=1)
+        atomic_write_bytes(out, png_bytes(strip))
+        console.print(f"wrote {out}")
+
+
+def parse_options(pairs: list[str]) -> dict:
+    """`key=value` strings to env options; numbers become numbers."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise WorkbenchError(f"option {pair!r} is not key=value: write e.g. -o room_size=9")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+@app.command()
+def bench(
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    only: list[str] = typer.Option([], "--only", help="env (more with later issues); repeatable"),
+    quick: bool = typer.Option(False, help="short timings, for smoke tests"),
+) -> None:
+    """Measure our tools against the reference ones, side by side in one run.
+
+    Example: workbench bench --only env --json
+    """
+    from workbench.bench import run_benches
+
+    results = run_benches(only or None, quick=quick)
+    if as_json:
+        typer.echo(json.dumps(results, indent=2))
+        return
+    from rich.table import Table
+
+    for name, figures in results.items():
+        table = Table(title=name)
+        table.add_column("figure")
+        table.add_column("value", justify="right")
+        for key, value in figures.items():
+            table.add_row(key, str(value))
+        Console().print(table)
+
+
+@app.command()
+def train(
+    out: Path = typer.Option(..., help="run directory to write (run.json + checkpoint series)"),
+    config: str = typer.Option(
+        None,
+        "--config",
+        help="named config: "
+        + ", ".join(
+            [
+                "trash-cnn",
+                "trash-transformer",
+                "blueroom-cnn",
+                "redgoal-cnn",
+                "button-never",
+                "button-rewarded",
+                "button-fraction",
+            ]
+        ),
+    ),  # fmt: skip
+    env: str = typer.Option(None, help="variant: trash | blueroom | button | redgoal"),
+    policy: str = typer.Option(None, help="cnn | transformer"),
+    steps: int = typer.Option(None, help="total env-steps"),
+    seed: int = typer.Option(None),
+    schedule: str = typer.Option(None, help="reward schedule (see `workbench envs`)"),
+    option: list[str] = typer.Option([], "--option", "-o", help="env option key=value, repeatable"),
+    checkpoints: int = typer.Option(None, help="checkpoints in the series (log-spaced, step 0 included)"),
+    eval_episodes: int = typer.Option(None, help="evaluation episodes per checkpoint"),
+    resume: bool = typer.Option(False, "--resume", help="continue `out` from its latest checkpoint"),
+    device: str = typer.Option("auto", help="cpu | cuda | auto"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar (for scripts)"),
+) -> None:
+    """Train a policy with PPO and write a checkpoint series.
+
+    Example: workbench train --env trash --policy cnn --steps 200000 --seed 0 --out runs/trash-cnn
+    """
+    from workbench import train as training
+
+    cfg = training.named_config(config) if config else training.TrainConfig()
+    if env:
+        cfg.env = {"variant": env}
+    cfg.env.update(parse_options(option))
+    if schedule:
+        cfg.env["schedule"] = schedule
+    if policy:
+        cfg.policy = {"arch": policy}
+    for name, value in (("total_steps", steps), ("seed", seed), ("n_checkpoints", checkpoints),
+                        ("eval_episodes", eval_episodes)):  # fmt: skip
+        if value is not None:
+            setattr(cfg, name, value)
+    if quiet:
+        run_dir = training.train(cfg, out, resume=resume, device=device)
+    else:
+        with _training_progress() as progress:
+            run_dir = training.train(cfg, out, resume=resume, device=device, progress=progress)
+    from workbench.checkpoints import list_steps, read_json, step_stem
+
+    last = list_steps(run_dir)[-1]
+    metrics = read_json(run_dir / f"{step_stem(last)}.json")
+    console.print(
+        f"wrote {run_dir} ({len(list_steps(run_dir))} checkpoints). Step {last}: success "
+        f"{metrics['success_rate']:.1%} sampled, {metrics['argmax_success_rate']:.1%} argmax; "
+        f"return {metrics['mean_return']:.2f}."
+    )
+
+
+class _training_progress:
+    """A rich progress bar fed by train()'s progress(step, total, stats) calls."""
+
+    def __enter__(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn(
+                "{task.fields[rate]:>7.0f} env-steps/s  return {task.fields[ret]:.2f}  "
+                "deposit-all {task.fields[success]:.0%}"
+            ),  # fmt: skip
+            TimeElapsedColumn(),
+            console=console,
+        )
+        self.bar.__enter__()
+        self.task = self.bar.add_task("train", total=None, rate=0.0, ret=float("nan"), success=float("nan"))
+        return self
+
+    def __call__(self, step: int, total: int, stats: dict) -> None:
+        self.bar.update(self.task, completed=step, total=total, rate=stats["env_steps_per_s"], ret=stats["return"],
+                        success=stats["success"])  # fmt: skip
+
+    def __exit__(self, *exc):
+        return self.bar.__exit__(*exc)
+
+
+@app.command()
+def hooks(checkpoint: Path = typer.Argument(..., help="run directory or step-*.safetensors")) -> None:
+    """List every hook point of a checkpoint's policy with its activation shape (batch dim omitted).
+
+    Example: workbench hooks runs/trash-cnn
+    """
+    from rich.table import Table
+
+    from workbench.checkpoints import load_policy
+    from workbench.policies import hook_shapes
+
+    policy = load_policy(checkpoint)
+    table = Table(title=f"{policy.config()['arch']} hooks — {policy.run_dir} step {policy.step}")
+    table.add_column("hook")
+    table.add_column("shape")
+    for name, shape in hook_shapes(policy).items():
+        table.add_row(name, str(list(shape)))
+    Console().print(table)
+
+
+@app.command("eval")
+def eval_(
+    checkpoint: Path = typer.Argument(..., help="run directory or step-*.safetensors"),
+    env: str = typer.Option(None, help="variant (default: the run's own environment)"),
+    episodes: int = typer.Option(200, help="evaluation episodes"),
+    seed: int = typer.Option(12345, help="seed of the evaluation episodes"),
+    option: list[str] = typer.Option([], "--option", "-o", help="env option key=value, repeatable"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Evaluate a checkpoint on fresh episodes (sampled actions; argmax figures beside them).
+
+    Example: workbench eval runs/trash-cnn --env blueroom -o distribution=test --episodes 500 --json
+    """
+    from workbench.checkpoints import load_policy
+    from workbench.envs import make_config
+    from workbench.evaluate import evaluate
+
+    policy = load_policy(checkpoint)
+    base = dict(policy.run["env"]) if env is None else {"variant": env}
+    cfg = make_config(**{**base, **parse_options(option)})
+    if tuple(cfg.obs_shape) != tuple(policy.obs_shape):
+        raise WorkbenchError(
+            f"the policy reads observations of shape {list(policy.obs_shape)} but {cfg.variant} rooms of size "
+            f"{cfg.room_size} give {list(cfg.obs_shape)}: pass -o room_size=<the training room size>."
+        )
+    metrics = {"checkpoint": str(policy.run_dir), "step": policy.step, "env": cfg.to_dict(),
+               **evaluate(policy, cfg, episodes=episodes, seed=seed)}  # fmt: skip
+    if as_json:
+        typer.echo(json.dumps(metrics, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{cfg.variant} — {policy.run_dir} step {policy.step}")
+    table.add_column("metric")
+    table.add_column("sampled", justify="right")
+    table.add_column("argmax", justify="right")
+    for key, value in metrics.items():
+        if key in ("checkpoint", "step", "env", "episodes") or key.startswith("argmax_"):
+            continue
+        table.add_row(key, f"{value:.3f}", f"{metrics.get('argmax_' + key, float('nan')):.3f}")
+    Console().print(table)

@@ -1,0 +1,308 @@
+"""PPO training (stable-baselines3) of a hooked policy on the batched env, writing a checkpoint series.
+
+Read top to bottom: the named configs, the checkpoint schedule, then `train`, which builds the env, the
+policy and PPO, saves step 0, and lets SB3 learn while a callback saves log-spaced checkpoints (weights,
+evaluation metrics, and the optimizer + RNG state that --resume needs).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from stable_baselines3.common.callbacks import BaseCallback
+
+from workbench import checkpoints as ckpt
+from workbench.envs import make_config
+from workbench.errors import CheckpointError, ConfigError, unknown_name
+
+# PPO settings that solve the default TrashGrid fast on 2 CPU cores: many envs, short rollouts,
+# mid-size minibatches (DESIGN.md, measured facts).
+FAST_PPO = {
+    "n_envs": 256,
+    "n_steps": 16,
+    "batch_size": 512,
+    "n_epochs": 4,
+    "learning_rate": 2e-3,
+    "gamma": 0.99,
+    "gae_lambda": 0.95,
+    "clip_range": 0.2,
+    "ent_coef": 0.01,
+    "vf_coef": 0.5,
+    "max_grad_norm": 0.5,
+}
+
+
+@dataclass
+class TrainConfig:
+    env: dict = field(default_factory=lambda: {"variant": "trash"})
+    policy: dict = field(default_factory=lambda: {"arch": "cnn"})
+    ppo: dict = field(default_factory=lambda: dict(FAST_PPO))
+    total_steps: int = 300_000
+    n_checkpoints: int = 20
+    eval_episodes: int = 200
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _named(env: dict, arch: str = "cnn", steps: int = 300_000, **ppo) -> TrainConfig:
+    return TrainConfig(env=env, policy={"arch": arch}, ppo={**FAST_PPO, **ppo}, total_steps=steps)
+
+
+NAMED_CONFIGS: dict[str, TrainConfig] = {
+    "trash-cnn": _named({"variant": "trash"}),
+    "trash-transformer": _named({"variant": "trash"}, arch="transformer", steps=600_000),
+    "blueroom-cnn": _named({"variant": "blueroom"}, steps=400_000),
+    "redgoal-cnn": _named({"variant": "redgoal"}, steps=200_000),
+    # Button regimes: never seen in training; present and rewarded in every episode; present in a fraction.
+    "button-never": _named({"variant": "button", "button_prob": 0.0}, steps=400_000),
+    "button-rewarded": _named({"variant": "button", "button_prob": 1.0}, steps=400_000),
+    "button-fraction": _named({"variant": "button", "button_prob": 0.25}, steps=400_000),
+}
+
+
+def named_config(name: str) -> TrainConfig:
+    if name not in NAMED_CONFIGS:
+        raise unknown_name("training config", name, NAMED_CONFIGS)
+    return copy.deepcopy(NAMED_CONFIGS[name])
+
+
+def checkpoint_steps(total_steps: int, rollout: int, n_checkpoints: int) -> list[int]:
+    """Step 0 (the random initialisation) plus log-spaced steps up to total_steps, at update boundaries,
+    so that early learning, where most changes happen, is sampled densely."""
+    updates = max(1, -(-total_steps // rollout))
+    points = np.geomspace(1, updates, num=max(1, n_checkpoints - 1))
+    return [0] + sorted({int(round(p)) * rollout for p in points})
+
+
+def _check(config: TrainConfig) -> None:
+    make_config(**config.env)  # raises ConfigError naming the problem
+    unknown = set(config.ppo) - set(FAST_PPO)
+    if unknown:
+        raise unknown_name("PPO setting", sorted(unknown)[0], FAST_PPO)
+    for key in ("n_envs", "n_steps", "batch_size", "n_epochs"):
+        if not isinstance(config.ppo[key], int) or config.ppo[key] < 1:
+            raise ConfigError(f"ppo.{key}={config.ppo[key]!r}: use a positive integer.")
+    if not isinstance(config.total_steps, int) or config.total_steps < 1:
+        raise ConfigError(f"total_steps={config.total_steps!r}: use a positive integer.")
+    if config.n_checkpoints < 2:
+        raise ConfigError("n_checkpoints must be >= 2 (step 0 and the final step).")
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ConfigError(f"device={device!r}: use cpu, cuda or auto.")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA GPU is visible to torch: use --device cpu or auto.")
+    return device
+
+
+# ---------------------------------------------------------------------------------------------- training
+def train(
+    config: TrainConfig | None = None,
+    out: str | Path = "runs/trash-cnn",
+    resume: bool = False,
+    device: str = "auto",
+    progress=None,
+    stop_when_solved: float | None = None,
+) -> Path:
+    """Train and write a checkpoint series to `out`. With resume=True, continue from the latest checkpoint
+    of `out` using its run.json (config is then only used for a larger total_steps).
+
+    `progress(step, total, stats)` is called after every PPO update; `stop_when_solved=0.95` ends training
+    at the first checkpoint whose sampled success rate reaches it (benchmarks)."""
+    from stable_baselines3 import PPO
+
+    from workbench.envs.sb3_vec import WorkbenchVecEnv
+    from workbench.policies.sb3 import HookedActorCriticPolicy
+
+    out = Path(out)
+    device = resolve_device(device)
+    start_step, train_state = 0, None
+    if resume:
+        run = ckpt.read_run(out)
+        stored = TrainConfig(**{k: run[k] for k in ("env", "policy", "ppo", "total_steps", "seed")},
+                             n_checkpoints=run["n_checkpoints"], eval_episodes=run["eval_episodes"])  # fmt: skip
+        if config is not None and config.total_steps > stored.total_steps:
+            stored.total_steps = config.total_steps
+        config = stored
+        start_step, train_state = _latest_resumable(out)
+        _remove_uncommitted(out, start_step)
+    else:
+        config = config or TrainConfig()
+        if out.exists() and ckpt.list_steps(out):
+            raise ConfigError(f"{out} already holds checkpoints: pass --resume to continue it, or another --out.")
+    _check(config)
+
+    ppo = dict(config.ppo)
+    n_envs = ppo.pop("n_envs")
+    rollout = n_envs * ppo["n_steps"]
+    schedule = checkpoint_steps(config.total_steps, rollout, config.n_checkpoints)
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)  # noqa: NPY002  (SB3 draws minibatch permutations from the global RNG)
+    # A resumed run continues on fresh episodes (seeded by the resume point), not a replay of the first ones.
+    venv = WorkbenchVecEnv(config.env.get("variant", "trash"), n_envs=n_envs, seed=config.seed * 1_000_003 + start_step,
+                           **{k: v for k, v in config.env.items() if k != "variant"})  # fmt: skip
+    model = PPO(
+        HookedActorCriticPolicy,
+        venv,
+        policy_kwargs={"policy_config": {**config.policy, "obs_shape": list(venv.config.obs_shape), "n_actions": 5}},
+        device=device,
+        verbose=0,
+        **ppo,
+    )
+    policy = model.policy.hooked
+    if not resume:
+        ckpt.write_run(
+            out,
+            {
+                **config.to_dict(),
+                "env": venv.config.to_dict(),
+                "policy": policy.config(),
+                "checkpoint_steps": schedule,
+                "tensors": ckpt.tensor_spec(policy.state_dict()),
+                "versions": ckpt.versions(),
+            },
+        )
+    else:
+        _restore(model, train_state)
+        model.num_timesteps = start_step
+
+    saver = _CheckpointCallback(out, config, schedule, start_step, progress, stop_when_solved)
+    if not resume:
+        saver.save(model, 0)
+    remaining = config.total_steps - start_step
+    if remaining > 0:
+        model.learn(total_timesteps=remaining, callback=saver, reset_num_timesteps=False)
+    if model.num_timesteps not in ckpt.list_steps(out) and not saver.solved_at:
+        saver.save(model, model.num_timesteps)
+    return out
+
+
+def _latest_resumable(out: Path) -> tuple[int, dict]:
+    """The newest committed step that has training state. Orphans of an interrupted save are ignored."""
+    for step in reversed(ckpt.list_steps(out)):
+        if (out / f"{ckpt.step_stem(step)}.train.safetensors").exists():
+            return step, ckpt.load_train_state(out, step)
+    raise CheckpointError(f"{out} has no checkpoint with training state to resume from: start a new run.")
+
+
+def _remove_uncommitted(out: Path, step: int) -> None:
+    """Drop what an interrupted save left behind: temp files, and files of steps after `step`."""
+    for path in out.glob(".step-*.tmp"):
+        path.unlink(missing_ok=True)
+    for path in out.glob("step-*"):
+        number = path.name[5:14]
+        if number.isdigit() and int(number) > step:
+            path.unlink(missing_ok=True)
+
+
+def _train_state(model) -> dict:
+    """Policy optimizer and RNG state as tensors + JSON (no pickle)."""
+    opt = model.policy.optimizer.state_dict()
+    tensors, meta = {}, {"param_groups": opt["param_groups"], "num_timesteps": int(model.num_timesteps)}
+    for idx, state in opt["state"].items():
+        for key, value in state.items():
+            tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value)
+    tensors["rng.torch"] = torch.get_rng_state()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002  (SB3's global RNG)
+    tensors["rng.numpy"] = torch.from_numpy(keys.astype(np.int64))
+    meta["rng_numpy"] = {"kind": kind, "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)}
+    meta["n_updates"] = int(model._n_updates)
+    return {"tensors": tensors, "meta": meta}
+
+
+def _restore(model, train_state: dict) -> None:
+    tensors, meta = train_state["tensors"], train_state["meta"]
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, idx, key = name.split(".", 2)
+            state.setdefault(int(idx), {})[key] = value
+    model.policy.optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    torch.set_rng_state(tensors["rng.torch"])
+    r = meta["rng_numpy"]
+    keys = tensors["rng.numpy"].numpy().astype(np.uint32)
+    np.random.set_state((r["kind"], keys, r["pos"], r["has_gauss"], r["cached"]))  # noqa: NPY002
+    model._n_updates = meta.get("n_updates", 0)
+
+
+class _CheckpointCallback(BaseCallback):
+    """Saves the scheduled checkpoints and reports progress. SB3 calls `_on_rollout_start` right after each
+    update, which is when the weights for `num_timesteps` are final."""
+
+    def __init__(self, out: Path, config: TrainConfig, schedule: list[int], start_step: int, progress, stop_at):
+        super().__init__()
+        self.out, self.config, self.progress, self.stop_at = out, config, progress, stop_at
+        self.start_step = start_step
+        self.pending = [s for s in schedule if s > start_step]
+        self.start_time = time.perf_counter()
+        self.eval_seconds = 0.0
+        self.solved_at: int | None = None
+        self.recent_success: list[float] = []
+        self.recent_return: list[float] = []
+
+    def save(self, model, step: int) -> dict:
+        t0 = time.perf_counter()
+        metrics = _evaluate(model.policy.hooked, self.config)
+        self.eval_seconds += time.perf_counter() - t0
+        metrics["train_seconds"] = round(self.train_seconds(), 3)
+        ckpt.save_step(self.out, step, model.policy.hooked, metrics, _train_state(model))
+        _prune_train_state(self.out, keep=step)
+        if self.stop_at is not None and metrics["success_rate"] >= self.stop_at:
+            self.solved_at = step
+        return metrics
+
+    def train_seconds(self) -> float:
+        """Wall time of this session minus evaluation time."""
+        return time.perf_counter() - self.start_time - self.eval_seconds
+
+    def _on_step(self) -> bool:
+        for info in self.locals["infos"]:
+            if "episode" in info:
+                self.recent_return.append(info["episode"]["r"])
+                self.recent_success.append(float(info["task_complete"]))
+        del self.recent_return[:-500], self.recent_success[:-500]
+        return self.solved_at is None
+
+    def _on_rollout_start(self) -> None:
+        step = self.model.num_timesteps
+        if self.pending and step >= self.pending[0]:
+            while self.pending and step >= self.pending[0]:
+                self.pending.pop(0)
+            self.save(self.model, step)
+        if self.progress is not None:
+            self.progress(step, self.config.total_steps, self.stats())
+
+    def _on_training_end(self) -> None:
+        if self.progress is not None:
+            self.progress(self.model.num_timesteps, self.config.total_steps, self.stats())
+
+    def stats(self) -> dict:
+        return {
+            "env_steps_per_s": (self.model.num_timesteps - self.start_step) / max(self.train_seconds(), 1e-9),
+            "return": float(np.mean(self.recent_return)) if self.recent_return else float("nan"),
+            "success": float(np.mean(self.recent_success)) if self.recent_success else float("nan"),
+        }
+
+
+def _evaluate(policy, config: TrainConfig) -> dict:
+    from workbench.evaluate import evaluate
+
+    return evaluate(policy, config.env, episodes=config.eval_episodes, seed=10_000 + config.seed)
+
+
+def _prune_train_state(out: Path, keep: int) -> None:
+    """Keep optimizer state for the newest committed step only (it is what --resume needs)."""
+    for path in out.glob("step-*.train.safetensors"):
+        if path.name != f"{ckpt.step_stem(keep)}.train.safetensors":
+            path.unlink(missing_ok=True)
