@@ -275,3 +275,32 @@ def eval_(
             continue
         table.add_row(key, f"{value:.3f}", f"{metrics.get('argmax_' + key, float('nan')):.3f}")
     Console().print(table)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo-trash-cnn"), help="run directory of the demo training"),
+    steps: int = typer.Option(200_000, help="env-steps of the demo training"),
+) -> None:
+    """The main job, until the study on bundled checkpoints lands: train the CNN on TrashGrid with PPO,
+    write its checkpoint series, then list its hooks and evaluate it.
+
+    Example: workbench demo --steps 100000
+    """
+    import shutil
+
+    from workbench import train as training
+
+    marker = out / ".workbench-demo"
+    if out.exists() and any(out.iterdir()):
+        if not marker.exists():
+            raise WorkbenchError(f"{out} exists and was not made by `workbench demo`: pass another --out.")
+        shutil.rmtree(out)  # the demo's own earlier output: a re-run starts over
+    out.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    cfg = training.named_config("trash-cnn")
+    cfg.total_steps = steps
+    with _training_progress() as progress:
+        training.train(cfg, out, device="auto", progress=progress)
+    hooks(out)
+    eval_(out, env=None, episodes=200, seed=12345, option=[], as_json=False)
