@@ -145,6 +145,7 @@ def train(
     seed: int = typer.Option(None),
     schedule: str = typer.Option(None, help="reward schedule (see `workbench envs`)"),
     option: list[str] = typer.Option([], "--option", "-o", help="env option key=value, repeatable"),
+    ppo: list[str] = typer.Option([], "--ppo", help="PPO setting key=value (n_envs, n_steps, batch_size, ...)"),
     checkpoints: int = typer.Option(None, help="checkpoints in the series (log-spaced, step 0 included)"),
     eval_episodes: int = typer.Option(None, help="evaluation episodes per checkpoint"),
     resume: bool = typer.Option(False, "--resume", help="continue `out` from its latest checkpoint"),
@@ -165,6 +166,7 @@ def train(
         cfg.env["schedule"] = schedule
     if policy:
         cfg.policy = {"arch": policy}
+    cfg.ppo.update(parse_options(ppo))
     for name, value in (("total_steps", steps), ("seed", seed), ("n_checkpoints", checkpoints),
                         ("eval_episodes", eval_episodes)):  # fmt: skip
         if value is not None:
@@ -304,3 +306,7 @@ def demo(
         training.train(cfg, out, device="auto", progress=progress)
     hooks(out)
     eval_(out, env=None, episodes=200, seed=12345, option=[], as_json=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -47,8 +47,7 @@ class BatchEnv:
         return self.state.obs.copy()
 
     def _refresh_next(self, envs: np.ndarray) -> None:
-        self._next.episode[envs] = self.state.episode[envs]
-        core.reset_envs(self.config, self._next, envs)  # the episode after the current one
+        core.reset_envs(self.config, self._next, envs)  # _next mirrors state's episode counters: this is the next one
         self._stale[envs] = False
 
     def _start_next_episodes(self, envs: np.ndarray) -> None:

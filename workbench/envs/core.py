@@ -288,7 +288,6 @@ def choice_layouts(S: int, key: np.ndarray, episode: np.ndarray, candidates: int
             distinct
             & (_dist(a, p) == task_len)
             & ~_in_box(p, a, t)
-            & ~_in_box(p, t, b)
             & ~_in_box(t, a, p)
             & ~_in_box(b, a, p)
             & ~_in_box(b, a, t)

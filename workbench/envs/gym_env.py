@@ -49,7 +49,7 @@ class TrashGridEnv(gym.Env):
     def step(self, action):
         if self._state is None:
             raise WorkbenchError("step() was called before reset(): call env.reset(seed=...) first.")
-        events, reward, terminated, truncated = core.step(self.config, self._state, np.asarray(action).reshape(1))
+        events, reward, terminated, truncated = core.step(self.config, self._state, np.asarray(action).reshape(-1))
         info = self._info({k: bool(v[0]) for k, v in events.items()}, float(reward[0]))
         return self._state.obs[0].copy(), float(reward[0]), bool(terminated[0]), bool(truncated[0]), info
 

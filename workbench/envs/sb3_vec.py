@@ -21,11 +21,15 @@ class WorkbenchVecEnv(VecEnv):
         obs_space = spaces.Box(0, 255, self.config.obs_shape, dtype=np.uint8)
         super().__init__(n_envs, obs_space, spaces.Discrete(core.N_ACTIONS))
         self._actions = None
+        self._fresh = True
         self._returns = np.zeros(n_envs, dtype=np.float64)
         self._lengths = np.zeros(n_envs, dtype=np.int64)
 
     def reset(self):
         seed = self._seeds[0]
+        if seed is None and self._fresh:
+            seed = self.env.seed  # the first reset shows the episodes the constructor's seed promised
+        self._fresh = False
         obs = self.env.reset(seed)  # seed() gives seed + i to env i, which BatchEnv(seed) does already
         self._reset_seeds()
         self._returns[:] = 0

@@ -79,31 +79,48 @@ def _boot_bridge(ours: TransformerPolicy) -> nn.Module:
     return TransformerBridge.boot_native(bridge_cfg)
 
 
-def _median_ms(step: Callable[[], Any], repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+def _interleaved_median_ms(steps: dict[str, Callable[[], Any]], repeats: int, rounds: int = 5) -> dict[str, float]:
+    """Median ms per step; the models take turns in short rounds, so a busy spell on the shared cores (or the
+    allocator's state, which swings small-tensor code by ~1.5x here) falls on all of them alike."""
+    for step in steps.values():
+        for _ in range(3):  # warm-up: thread pool, weight layouts, allocator
+            step()
+    samples: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            for _ in range(max(1, repeats // rounds)):
+                start = time.perf_counter()
+                step()
+                samples[name].append(time.perf_counter() - start)
+    return {f"{name}_ms": 1e3 * statistics.median(times) for name, times in samples.items()}
 
 
-def _forward_ms(model: nn.Module, x: Tensor, repeats: int) -> float:
-    model.eval()
-    with torch.no_grad():
-        return _median_ms(lambda: model(x), repeats)
-
-
-def _forward_backward_ms(model: nn.Module, x: Tensor, repeats: int, loss: Callable[[Any], Tensor]) -> float:
-    model.train()
-
+def _forward_step(model: nn.Module, x: Tensor) -> Callable[[], Any]:
     def step() -> None:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+
+    return step
+
+
+def _forward_backward_step(model: nn.Module, x: Tensor, loss: Callable[[Any], Tensor]) -> Callable[[], None]:
+    def step() -> None:
+        model.train()
         model.zero_grad(set_to_none=True)
         loss(model(x)).backward()
 
-    return _median_ms(step, repeats)
+    return step
+
+
+def _watching_patterns(model: TransformerPolicy, step: Callable[[], Any]) -> Callable[[], Any]:
+    """The step with a do-nothing hook on every attention pattern, which switches to the explicit softmax."""
+
+    def watched() -> None:
+        with model.hooks(fwd_hooks=[(lambda name: name.endswith("hook_pattern"), lambda act, hook: None)]):
+            step()
+
+    return watched
 
 
 def bench_transformer_forward(repeats: int = 20) -> dict[str, Any]:
@@ -117,36 +134,29 @@ def bench_transformer_forward(repeats: int = 20) -> dict[str, Any]:
         plain = PlainTransformerPolicy(ours)
         obs = torch.randint(0, 256, (BATCH, *OBS_SHAPE), dtype=torch.uint8)
         policy_loss = lambda out: out[0].sum() + out[1].sum()  # noqa: E731
-
-        def explicit(mode: Callable[..., float], *args: Any) -> float:
-            # Any hook on a pattern switches that layer to the explicit softmax; this one only watches.
-            with ours.hooks(fwd_hooks=[(lambda name: name.endswith("hook_pattern"), lambda act, hook: None)]):
-                return mode(ours, obs, repeats, *args)
+        forward = {"ours": _forward_step(ours, obs), "plain": _forward_step(plain, obs)}
+        forward_backward = {
+            "ours": _forward_backward_step(ours, obs, policy_loss),
+            "plain": _forward_backward_step(plain, obs, policy_loss),
+        }
+        for steps in (forward, forward_backward):
+            steps["ours_explicit_attention"] = _watching_patterns(ours, steps["ours"])
 
         result: dict[str, Any] = {"batch_size": BATCH, "n_tokens": ours.n_tokens, "threads": threads}
-        result["forward"] = {
-            "ours_ms": _forward_ms(ours, obs, repeats),
-            "ours_explicit_attention_ms": explicit(_forward_ms),
-            "plain_ms": _forward_ms(plain, obs, repeats),
-        }
-        result["forward_backward"] = {
-            "ours_ms": _forward_backward_ms(ours, obs, repeats, policy_loss),
-            "ours_explicit_attention_ms": explicit(_forward_backward_ms, policy_loss),
-            "plain_ms": _forward_backward_ms(plain, obs, repeats, policy_loss),
-        }
         try:
             bridge = _boot_bridge(ours)
             embeddings = torch.randn(BATCH, ours.n_tokens, ours.config()["d_model"])
-            result["forward"]["bridge_ms"] = _forward_ms(bridge, embeddings, repeats)
-            result["forward_backward"]["bridge_ms"] = _forward_backward_ms(
-                bridge, embeddings, repeats, lambda logits: logits.sum()
-            )
-        except Exception as error:  # the bridge is a reference point only; report why it is missing
+            forward["bridge"] = _forward_step(bridge, embeddings)
+            forward_backward["bridge"] = _forward_backward_step(bridge, embeddings, lambda logits: logits.sum())
+        except Exception as error:  # the bridge is a reference point only; say why it is missing
             result["bridge_error"] = f"{type(error).__name__}: {error}"
 
-        for timings in (result["forward"], result["forward_backward"]):
-            for name in [key for key in timings if key != "plain_ms"]:
-                timings[name.removesuffix("_ms") + "_vs_plain"] = timings[name] / timings["plain_ms"]
+        for mode, steps in (("forward", forward), ("forward_backward", forward_backward)):
+            timings = _interleaved_median_ms(steps, repeats)
+            for name in steps:
+                if name != "plain":
+                    timings[f"{name}_vs_plain"] = timings[f"{name}_ms"] / timings["plain_ms"]
+            result[mode] = timings
         return result
     finally:
         torch.set_num_threads(previous_threads)

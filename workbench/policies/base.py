@@ -3,9 +3,9 @@
 Both architectures share this contract so that caching, probing, patching and the SB3 adapter never need to
 know which one they hold:
 
-- input: `[B, C, H, W]` observations, uint8 or float32 holding 0..255 values (SB3 passes uint8 in rollouts and
-  float32 from its buffer in updates). The module divides by 255 itself, so `hook_obs` sees the same floats
-  whichever came in and nothing upstream must normalise.
+- input: `[B, C, H, W]` observations, uint8 or float32 holding 0..255 values (SB3 2.9 passes uint8 both in
+  rollouts and from its rollout buffer; older SB3 buffers stored float32). The module divides by 255 itself, so
+  `hook_obs` sees the same floats whichever came in and nothing upstream must normalise.
 - output: `(logits [B, n_actions], value [B])`, also at `hook_logits` and `hook_value`.
 - `config()` is a JSON-able dict of the constructor arguments (with `arch`), enough to rebuild the module
   from run.json via `workbench.policies.build_policy`.
@@ -14,6 +14,7 @@ know which one they hold:
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, ClassVar
 
 import torch
@@ -32,9 +33,7 @@ class HookedPolicy(HookedRootModule):
     def __init__(self, obs_shape: tuple[int, int, int], n_actions: int, arch_kwargs: dict[str, Any]):
         super().__init__()
         self.obs_shape = _checked_obs_shape(obs_shape)
-        if not isinstance(n_actions, int) or n_actions < 1:
-            raise ConfigError(f"n_actions must be a positive int, got {n_actions!r}.")
-        self.n_actions = n_actions
+        self.n_actions = positive_int("n_actions", n_actions)
         # Kept exactly as given (lists, not tuples) so config() is JSON-able and round-trips.
         self.arch_kwargs = arch_kwargs
         self.hook_obs = HookPoint()  # first in hook_dict: the normalised input every other hook derives from
@@ -76,11 +75,18 @@ class HookedPolicy(HookedRootModule):
         return output, ActivationCache(cache_dict, self)
 
 
+def positive_int(name: str, value: Any) -> int:
+    """`value` as an int if it is a positive integer (numpy ints from gym spaces included), else a ConfigError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ConfigError(f"{name} must be a positive int, got {value!r}.")
+    return int(value)
+
+
 def _checked_obs_shape(obs_shape: Any) -> tuple[int, int, int]:
     """(C, H, W) with each grid cell a 2x2 pixel block, so H and W are even."""
-    shape = tuple(obs_shape) if isinstance(obs_shape, list | tuple) else ()
-    if len(shape) != 3 or not all(isinstance(n, int) and n > 0 for n in shape):
+    if not isinstance(obs_shape, list | tuple) or len(obs_shape) != 3:
         raise ConfigError(f"obs_shape must be three positive ints (C, H, W), got {obs_shape!r}.")
+    shape = tuple(positive_int("each obs_shape entry", n) for n in obs_shape)
     _, height, width = shape
     if height % 2 or width % 2:
         raise ConfigError(

@@ -14,13 +14,14 @@ the room's area: ~338k at the default 9x9 grid, ~0.8M at 14x14.
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
 from workbench.errors import ConfigError
-from workbench.policies.base import HookedPolicy
+from workbench.policies.base import HookedPolicy, positive_int
 
 
 class HookedConv(nn.Conv2d):
@@ -60,17 +61,14 @@ class CNNPolicy(HookedPolicy):
         channels = list(channels) if isinstance(channels, list | tuple) else channels
         if not isinstance(channels, list) or not 1 <= len(channels) <= 3:
             raise ConfigError(f"channels must list 1 to 3 conv widths, e.g. [16, 32]; got {channels!r}.")
-        if not all(isinstance(c, int) and c > 0 for c in channels):
-            raise ConfigError(f"channels must be positive ints, got {channels!r}.")
-        if not isinstance(hidden, int) or hidden < 1:
-            raise ConfigError(f"hidden must be a positive int, got {hidden!r}.")
+        channels = [positive_int("each of channels", c) for c in channels]
+        hidden = positive_int("hidden", hidden)
         super().__init__(obs_shape, n_actions, arch_kwargs={"channels": channels, "hidden": hidden})
 
         in_channels, height, width = self.obs_shape
-        widths = [in_channels, *channels]
         self.conv = nn.ModuleList(
-            [HookedConv(widths[0], widths[1], kernel_size=2, stride=2)]
-            + [HookedConv(c_in, c_out, kernel_size=3, padding=1) for c_in, c_out in zip(widths[1:], widths[2:])]
+            [HookedConv(in_channels, channels[0], kernel_size=2, stride=2)]
+            + [HookedConv(c_in, c_out, kernel_size=3, padding=1) for c_in, c_out in pairwise(channels)]
         )
         cells = (height // 2) * (width // 2)
         self.fc = HookedLinear(channels[-1] * cells, hidden)

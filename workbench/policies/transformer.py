@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
 from workbench.errors import ConfigError
-from workbench.policies.base import HookedPolicy
+from workbench.policies.base import HookedPolicy, positive_int
 
 
 class HookedLayerNorm(nn.LayerNorm):
@@ -138,13 +138,20 @@ class TransformerPolicy(HookedPolicy):
         n_layers: int = 2,
         d_mlp: int = 256,
     ):
-        for name, value in (("patch", patch), ("d_model", d_model), ("n_heads", n_heads), ("d_mlp", d_mlp)):
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive int, got {value!r}.")
+        patch, d_model, n_heads, n_layers, d_mlp = (
+            positive_int(name, value)
+            for name, value in [
+                ("patch", patch),
+                ("d_model", d_model),
+                ("n_heads", n_heads),
+                ("n_layers", n_layers),
+                ("d_mlp", d_mlp),
+            ]
+        )
         if d_model % n_heads:
             raise ConfigError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads}); try d_model=64, 4 heads.")
-        if not isinstance(n_layers, int) or not 1 <= n_layers <= 4:
-            raise ConfigError(f"n_layers must be an int from 1 to 4, got {n_layers!r}.")
+        if n_layers > 4:
+            raise ConfigError(f"n_layers must be 1 to 4 (small policies are the point), got {n_layers}.")
         arch_kwargs = dict(patch=patch, d_model=d_model, n_heads=n_heads, n_layers=n_layers, d_mlp=d_mlp)
         super().__init__(obs_shape, n_actions, arch_kwargs)
 
