@@ -3,4 +3,13 @@
 from workbench.errors import ActionError, CheckpointError, ConfigError, WorkbenchError
 
 __version__ = "0.1.0"
-__all__ = ["ActionError", "CheckpointError", "ConfigError", "WorkbenchError", "__version__"]
+__all__ = ["ActionError", "CheckpointError", "ConfigError", "WorkbenchError", "__version__", "load_policy"]
+
+
+def __getattr__(name: str):
+    # Lazy, so that `import workbench.envs` does not pay for torch and stable-baselines3.
+    if name == "load_policy":
+        from workbench.checkpoints import load_policy
+
+        return load_policy
+    raise AttributeError(f"module 'workbench' has no attribute {name!r}")

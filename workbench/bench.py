@@ -67,25 +67,199 @@ def bench_env(n_envs: int = 256, seconds: float = 3.0) -> dict:
     }
 
 
-BENCHES = {"env": bench_env}
-
-
 def run_benches(only: list[str] | None = None, quick: bool = False) -> dict:
-    names = only or list(BENCHES)
-    unknown = [n for n in names if n not in BENCHES]
+    """Run the named benchmarks (all by default). quick: short timings and one seed, for smoke tests only."""
+    benches = {
+        "env": lambda: bench_env(seconds=0.5 if quick else 3.0),
+        "train": lambda: bench_throughput(seconds=0.5) if quick else bench_train(),
+        "transformer": lambda: _transformer_forward(quick),
+    }
+    names = only or list(benches)
+    unknown = [n for n in names if n not in benches]
     if unknown:
         from workbench.errors import unknown_name
 
-        raise unknown_name("benchmark", unknown[0], BENCHES)
-    out = {
-        "machine": {"python": platform.python_version(), "processor": platform.machine(), "cpus": _cpus()},
-    }
+        raise unknown_name("benchmark", unknown[0], benches)
+    out = {"machine": {"python": platform.python_version(), "processor": platform.machine(), "cpus": _cpus()}}
     for name in names:
-        out[name] = BENCHES[name](**({"seconds": 0.5} if quick else {}))
+        out[name] = benches[name]()
     return out
+
+
+def _transformer_forward(quick: bool) -> dict:
+    from workbench.policies._bench import bench_transformer_forward
+
+    return bench_transformer_forward(repeats=3 if quick else 20)
 
 
 def _cpus() -> int:
     import os
 
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+# ---------------------------------------------------------------------------------------------- training
+SOLVED = 0.95  # sampled success rate on 200 evaluation episodes
+
+
+def _ours_time_to_solve(seed: int, arch: str, cap_s: float) -> dict:
+    """Our defaults (named config trash-<arch>) until solved; train wall time, evaluation excluded."""
+    import tempfile
+
+    from workbench.checkpoints import list_steps, read_json, step_stem
+    from workbench.train import named_config, train
+
+    cfg = named_config(f"trash-{arch}")
+    cfg.seed, cfg.n_checkpoints, cfg.eval_episodes = seed, 60, 200
+    cfg.total_steps = max(cfg.total_steps, 2_000_000)
+    with tempfile.TemporaryDirectory() as tmp:
+        run = train(cfg, f"{tmp}/run", device="cpu", stop_when_solved=SOLVED, max_train_seconds=cap_s)
+        last = read_json(run / f"{step_stem(list_steps(run)[-1])}.json")
+    return {"seed": seed, "solved": last["success_rate"] >= SOLVED, "seconds": last["train_seconds"],
+            "env_steps": last["step"]}  # fmt: skip
+
+
+def _reference_time_to_solve(seed: int, cap_s: float) -> dict:
+    """SB3 PPO with its default hyper-parameters on gymnasium.make envs in DummyVecEnv(8), same CNN; evaluated
+    the same way after every update; evaluation time excluded."""
+    import gymnasium as gym
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from workbench.envs import make_config
+    from workbench.evaluate import evaluate
+    from workbench.policies.sb3 import HookedActorCriticPolicy
+
+    env_cfg = make_config("trash")
+
+    class EvalEachUpdate(BaseCallback):
+        def __init__(self):
+            super().__init__()
+            self.start, self.eval_s, self.solved_at, self.seconds = time.perf_counter(), 0.0, None, 0.0
+
+        def _on_step(self) -> bool:
+            return self.solved_at is None and self.seconds < cap_s
+
+        def _on_rollout_start(self) -> None:
+            if self.model.num_timesteps == 0:
+                return
+            t0 = time.perf_counter()
+            success = evaluate(self.model.policy.hooked, env_cfg, episodes=200, seed=10_000 + seed)["success_rate"]
+            self.eval_s += time.perf_counter() - t0
+            self.seconds = time.perf_counter() - self.start - self.eval_s
+            if success >= SOLVED:
+                self.solved_at = self.model.num_timesteps
+
+    venv = DummyVecEnv([lambda: gym.make("Workbench/TrashGrid-v0") for _ in range(8)])
+    venv.seed(seed)
+    model = PPO(
+        HookedActorCriticPolicy, venv, policy_kwargs={"policy_config": {"arch": "cnn"}}, device="cpu", seed=seed
+    )
+    callback = EvalEachUpdate()
+    model.learn(total_timesteps=10_000_000, callback=callback)
+    return {"seed": seed, "solved": callback.solved_at is not None, "seconds": round(callback.seconds, 2),
+            "env_steps": int(callback.solved_at or model.num_timesteps)}  # fmt: skip
+
+
+def _median(runs: list[dict]) -> float:
+    return float(np.median([r["seconds"] for r in runs]))
+
+
+def bench_train(seeds: int = 3, cap_s: float = 900.0, seconds: float = 3.0) -> dict:
+    """Time to solve TrashGrid (ours vs SB3 defaults), env-steps/s at identical PPO settings, trainer
+    overhead, and the transformer's time to solve."""
+    import torch
+
+    torch.set_num_threads(_cpus())
+    ours = [_ours_time_to_solve(s, "cnn", cap_s) for s in range(seeds)]
+    reference = [_reference_time_to_solve(s, cap_s) for s in range(seeds)]
+    transformer = [_ours_time_to_solve(s, "transformer", 300.0) for s in range(1)]
+    out = {
+        "ours_cnn_time_to_solve_s": ours,
+        "reference_sb3_defaults_time_to_solve_s": reference,
+        "median_ours_s": _median(ours),
+        "median_reference_s": _median(reference),
+        "reference_is_lower_bound": not all(r["solved"] for r in reference),
+        "speedup_time_to_solve": round(_median(reference) / _median(ours), 1),
+        "goal_speedup": 10,
+        "transformer_time_to_solve_s": transformer,
+    }
+    out.update(bench_throughput(seconds=seconds))
+    return out
+
+
+def bench_throughput(seconds: float = 3.0) -> dict:
+    """Env-steps/s of PPO with identical settings (samples per update, epochs, minibatch): our batched VecEnv
+    vs DummyVecEnv(8) of gymnasium envs; and the share of our wall time spent outside the policy's forward,
+    backward and optimizer step (trainer overhead)."""
+    import gymnasium as gym
+    import torch
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from workbench.envs.sb3_vec import WorkbenchVecEnv
+    from workbench.policies.sb3 import HookedActorCriticPolicy
+    from workbench.train import FAST_PPO
+
+    ppo = dict(FAST_PPO)
+    samples = ppo.pop("n_envs") * ppo["n_steps"]
+    rates, overhead = {}, None
+    for name, venv in (
+        ("ours", WorkbenchVecEnv("trash", n_envs=samples // ppo["n_steps"], seed=0)),
+        ("dummyvecenv8", DummyVecEnv([lambda: gym.make("Workbench/TrashGrid-v0") for _ in range(8)])),
+    ):
+        settings = {**ppo, "n_steps": samples // venv.num_envs}
+        model = PPO(HookedActorCriticPolicy, venv, policy_kwargs={"policy_config": {"arch": "cnn"}}, device="cpu",
+                    seed=0, **settings)  # fmt: skip
+        model.learn(samples)  # warm-up
+        updates = max(2, int(seconds * 6000 / samples))
+        with _compute_timer(model.policy) as compute:
+            start = time.perf_counter()
+            model.learn(updates * samples, reset_num_timesteps=False)
+            elapsed = time.perf_counter() - start
+        rates[name] = updates * samples / elapsed
+        if name == "ours":
+            overhead = 1.0 - compute.seconds / elapsed
+    torch.set_num_threads(_cpus())
+    return {
+        "ppo_env_steps_per_s_ours": round(rates["ours"]),
+        "ppo_env_steps_per_s_dummyvecenv8": round(rates["dummyvecenv8"]),
+        "ppo_throughput_ratio": round(rates["ours"] / rates["dummyvecenv8"], 2),
+        "trainer_overhead_share": round(overhead, 3),
+        "goal_trainer_overhead_share": 0.15,
+    }
+
+
+class _compute_timer:
+    """Accumulates wall time inside the hooked policy's forward, loss.backward() and optimizer.step()."""
+
+    def __init__(self, sb3_policy):
+        self.policy, self.seconds = sb3_policy, 0.0
+
+    def _timed(self, fn):
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - t0
+
+        return wrapper
+
+    def __enter__(self):
+        import torch
+
+        self._forward, self._step = self.policy.hooked.forward, self.policy.optimizer.step
+        self._backward = torch.Tensor.backward
+        self.policy.hooked.forward = self._timed(self._forward)
+        self.policy.optimizer.step = self._timed(self._step)
+        torch.Tensor.backward = self._timed(self._backward)
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        del self.policy.hooked.forward  # back to the class's method
+        self.policy.optimizer.step = self._step
+        torch.Tensor.backward = self._backward

@@ -114,6 +114,8 @@ def list_steps(run_dir: Path) -> list[int]:
 def resolve(path: str | Path) -> tuple[Path, int]:
     """A run directory (its latest step) or one step's file (.safetensors or .json) → (run_dir, step)."""
     path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist: pass a run directory or a step-NNNNNNNNN.safetensors file.")
     if path.is_dir():
         steps = list_steps(path)
         if not (path / "run.json").exists():
@@ -126,8 +128,6 @@ def resolve(path: str | Path) -> tuple[Path, int]:
         raise CheckpointError(
             f"{path} is neither a run directory nor a step-NNNNNNNNN.safetensors checkpoint: pass one of those."
         )
-    if not path.exists():
-        raise CheckpointError(f"{path} does not exist.")
     return path.parent, int(match.group(1))
 
 

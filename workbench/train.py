@@ -114,12 +114,14 @@ def train(
     device: str = "auto",
     progress=None,
     stop_when_solved: float | None = None,
+    max_train_seconds: float | None = None,
 ) -> Path:
     """Train and write a checkpoint series to `out`. With resume=True, continue from the latest checkpoint
     of `out` using its run.json (config is then only used for a larger total_steps).
 
     `progress(step, total, stats)` is called after every PPO update; `stop_when_solved=0.95` ends training
-    at the first checkpoint whose sampled success rate reaches it (benchmarks)."""
+    at the first checkpoint whose sampled success rate reaches it, and `max_train_seconds` after that much
+    training time (benchmarks)."""
     from stable_baselines3 import PPO
 
     from workbench.envs.sb3_vec import WorkbenchVecEnv
@@ -177,13 +179,13 @@ def train(
         _restore(model, train_state)
         model.num_timesteps = start_step
 
-    saver = _CheckpointCallback(out, config, schedule, start_step, progress, stop_when_solved)
+    saver = _CheckpointCallback(out, config, schedule, start_step, progress, stop_when_solved, max_train_seconds)
     if not resume:
         saver.save(model, 0)
     remaining = config.total_steps - start_step
     if remaining > 0:
         model.learn(total_timesteps=remaining, callback=saver, reset_num_timesteps=False)
-    if model.num_timesteps not in ckpt.list_steps(out) and not saver.solved_at:
+    if model.num_timesteps not in ckpt.list_steps(out) and saver.solved_at is None:
         saver.save(model, model.num_timesteps)
     return out
 
@@ -240,9 +242,11 @@ class _CheckpointCallback(BaseCallback):
     """Saves the scheduled checkpoints and reports progress. SB3 calls `_on_rollout_start` right after each
     update, which is when the weights for `num_timesteps` are final."""
 
-    def __init__(self, out: Path, config: TrainConfig, schedule: list[int], start_step: int, progress, stop_at):
+    def __init__(self, out: Path, config: TrainConfig, schedule: list[int], start_step: int, progress, stop_at,
+                 max_seconds):  # fmt: skip
         super().__init__()
         self.out, self.config, self.progress, self.stop_at = out, config, progress, stop_at
+        self.max_seconds = max_seconds
         self.start_step = start_step
         self.pending = [s for s in schedule if s > start_step]
         self.start_time = time.perf_counter()
@@ -272,7 +276,8 @@ class _CheckpointCallback(BaseCallback):
                 self.recent_return.append(info["episode"]["r"])
                 self.recent_success.append(float(info["task_complete"]))
         del self.recent_return[:-500], self.recent_success[:-500]
-        return self.solved_at is None
+        over_time = self.max_seconds is not None and self.train_seconds() > self.max_seconds
+        return self.solved_at is None and not over_time
 
     def _on_rollout_start(self) -> None:
         step = self.model.num_timesteps

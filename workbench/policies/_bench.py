@@ -123,10 +123,14 @@ def _watching_patterns(model: TransformerPolicy, step: Callable[[], Any]) -> Cal
     return watched
 
 
-def bench_transformer_forward(repeats: int = 20) -> dict[str, Any]:
-    """Median ms per call and ratios to plain torch; see the module docstring for what each figure is."""
+def bench_transformer_forward(repeats: int = 20, threads: int | None = None) -> dict[str, Any]:
+    """Median ms per call and ratios to plain torch; see the module docstring for what each figure is.
+
+    `threads` defaults to every core this process may use; pass 1 to see the per-core cost on a busy machine.
+    """
     previous_threads = torch.get_num_threads()
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if threads is None:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     torch.set_num_threads(threads)
     try:
         torch.manual_seed(0)
