@@ -2,15 +2,17 @@
 
 `bench_transformer_forward()` times, at batch 256 on the default 18x18 observation (9 patch tokens + readout):
 
-- ours:         `TransformerPolicy` with no hooks attached (fused attention), and with a pattern hook attached
-                (explicit softmax, what `run_with_cache` costs),
+- ours:         `TransformerPolicy` with no hooks attached (fused attention), and with a do-nothing hook on
+                each pattern (the explicit softmax that any pattern hook, run_with_cache's included, switches to),
 - plain:        the same patch embedding, readout and heads around `nn.TransformerEncoder` (pre-LN, ReLU, no
                 dropout), the fastest stock torch equivalent,
 - bridge:       `TransformerBridge.boot_native` of the same size. It takes token ids or embeddings, not images,
                 so it is timed on `[B, 10, d_model]` embeddings: no patch embedding, a 5-way unembed per token.
 
 "forward" is eval mode under no_grad (an SB3 rollout step); "forward_backward" is train mode with a backward
-through logits and value (a PPO minibatch). Each figure is the median of `repeats` runs after warm-up, in ms.
+through logits and value (a PPO minibatch). Each figure is the median of `repeats` runs after warm-up, in ms,
+with the models taking turns. Use a quiet machine: a second busy process on these 2 cores makes 2-thread torch
+runs ~25x slower (and the ratios meaningless); `threads=1` stays usable there.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ class HookedPolicy(HookedRootModule):
                 f"[batch, {', '.join(map(str, self.obs_shape))}]. Add a batch dimension, or build the policy "
                 "with the env's observation shape (obs_shape in its config)."
             )
-        return self.hook_obs(obs.to(torch.float32) / 255.0)
+        return self.hook_obs((obs / 255.0).to(torch.float32))  # one pass for uint8 and float32 input
 
     def _add_heads(self, d_in: int) -> None:
         """Actor and critic heads on a `d_in` feature vector, with CleanRL's init (small actor logits at start)."""
