@@ -153,9 +153,10 @@ def _reference_time_to_solve(seed: int, cap_s: float) -> dict:
 
     venv = DummyVecEnv([lambda: gym.make("Workbench/TrashGrid-v0") for _ in range(8)])
     venv.seed(seed)
-    model = PPO(
-        HookedActorCriticPolicy, venv, policy_kwargs={"policy_config": {"arch": "cnn"}}, device="cpu", seed=seed
-    )
+    from workbench.train import POLICIES
+
+    policy_kwargs = {"policy_config": dict(POLICIES["cnn"])}  # the same CNN, in SB3's default fp32
+    model = PPO(HookedActorCriticPolicy, venv, policy_kwargs=policy_kwargs, device="cpu", seed=seed)
     callback = EvalEachUpdate()
     model.learn(total_timesteps=10_000_000, callback=callback)
     return {"seed": seed, "solved": callback.solved_at is not None, "seconds": round(callback.seconds, 2),
@@ -200,9 +201,10 @@ def bench_throughput(seconds: float = 3.0) -> dict:
 
     from workbench.envs.sb3_vec import WorkbenchVecEnv
     from workbench.policies.sb3 import HookedActorCriticPolicy
-    from workbench.train import FAST_PPO
+    from workbench.train import FAST_PPO, POLICIES, resolve_precision
 
     ppo = dict(FAST_PPO)
+    policy_kwargs = {"policy_config": dict(POLICIES["cnn"]), "precision": resolve_precision("auto", "cpu")}
     samples = ppo.pop("n_envs") * ppo["n_steps"]
     rates, overhead = {}, None
     for name, venv in (
@@ -210,8 +212,7 @@ def bench_throughput(seconds: float = 3.0) -> dict:
         ("dummyvecenv8", DummyVecEnv([lambda: gym.make("Workbench/TrashGrid-v0") for _ in range(8)])),
     ):
         settings = {**ppo, "n_steps": samples // venv.num_envs}
-        model = PPO(HookedActorCriticPolicy, venv, policy_kwargs={"policy_config": {"arch": "cnn"}}, device="cpu",
-                    seed=0, **settings)  # fmt: skip
+        model = PPO(HookedActorCriticPolicy, venv, policy_kwargs=policy_kwargs, device="cpu", seed=0, **settings)
         model.learn(samples)  # warm-up
         updates = max(2, int(seconds * 6000 / samples))
         with _compute_timer(model.policy) as compute:

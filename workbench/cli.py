@@ -140,7 +140,7 @@ def train(
         ),
     ),  # fmt: skip
     env: str = typer.Option(None, help="variant: trash | blueroom | button | redgoal"),
-    policy: str = typer.Option(None, help="cnn | transformer"),
+    policy: str = typer.Option(None, help="cnn | transformer (without --config: its tuned trash-<policy> settings)"),
     steps: int = typer.Option(None, help="total env-steps"),
     seed: int = typer.Option(None),
     schedule: str = typer.Option(None, help="reward schedule (see `workbench envs`)"),
@@ -158,14 +158,17 @@ def train(
     """
     from workbench import train as training
 
-    cfg = training.named_config(config) if config else training.TrainConfig()
+    if policy is not None and policy not in training.POLICIES:
+        from workbench.errors import unknown_name
+
+        raise unknown_name("policy", policy, training.POLICIES)
+    # Without --config, start from the tuned settings of the chosen policy (trash-cnn / trash-transformer).
+    cfg = training.named_config(config or f"trash-{policy or 'cnn'}")
     if env:
         cfg.env = {"variant": env}
     cfg.env.update(parse_options(option))
     if schedule:
         cfg.env["schedule"] = schedule
-    if policy:
-        cfg.policy = {"arch": policy}
     cfg.ppo.update(parse_options(ppo))
     for name, value in (("total_steps", steps), ("seed", seed), ("n_checkpoints", checkpoints),
                         ("eval_episodes", eval_episodes)):  # fmt: skip
@@ -282,7 +285,7 @@ def eval_(
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo-trash-cnn"), help="run directory of the demo training"),
-    steps: int = typer.Option(200_000, help="env-steps of the demo training"),
+    steps: int = typer.Option(500_000, help="env-steps of the demo training"),
 ) -> None:
     """The main job, until the study on bundled checkpoints lands: train the CNN on TrashGrid with PPO,
     write its checkpoint series, then list its hooks and evaluate it.

@@ -28,11 +28,11 @@ FAST_PPO = {
     "n_steps": 16,
     "batch_size": 512,
     "n_epochs": 4,
-    "learning_rate": 2e-3,
+    "learning_rate": 3e-3,
     "gamma": 0.99,
     "gae_lambda": 0.95,
     "clip_range": 0.2,
-    "ent_coef": 0.01,
+    "ent_coef": 0.0,
     "vf_coef": 0.5,
     "max_grad_norm": 0.5,
 }
@@ -41,24 +41,43 @@ FAST_PPO = {
 @dataclass
 class TrainConfig:
     env: dict = field(default_factory=lambda: {"variant": "trash"})
-    policy: dict = field(default_factory=lambda: {"arch": "cnn"})
+    policy: dict = field(default_factory=lambda: dict(POLICIES["cnn"]))
     ppo: dict = field(default_factory=lambda: dict(FAST_PPO))
-    total_steps: int = 300_000
+    total_steps: int = 500_000
     n_checkpoints: int = 20
     eval_episodes: int = 200
     seed: int = 0
+    precision: str = "auto"  # fp32 | bf16 | auto: bf16 where the device has fast bf16 (2x faster updates on CPU)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-def _named(env: dict, arch: str = "cnn", steps: int = 300_000, **ppo) -> TrainConfig:
-    return TrainConfig(env=env, policy={"arch": arch}, ppo={**FAST_PPO, **ppo}, total_steps=steps)
+# The trained architectures. The transformer's per-cell conv stem made the difference between no learning in
+# 1M env-steps and solving TrashGrid in ~0.8M (a linear patch embedding of raw pixels did not learn under PPO).
+POLICIES = {
+    "cnn": {"arch": "cnn", "channels": [16, 16], "hidden": 128},
+    "transformer": {"arch": "transformer", "stem": 32},
+}
+# Transformers want a smaller learning rate and some entropy; bf16 autocast does not speed them up on CPU.
+TRANSFORMER_PPO = {"learning_rate": 1e-3, "ent_coef": 0.01}
+
+
+def _named(env: dict, arch: str = "cnn", steps: int = 500_000, **ppo) -> TrainConfig:
+    if arch == "transformer":
+        ppo = {**TRANSFORMER_PPO, **ppo}
+    return TrainConfig(
+        env=env,
+        policy=dict(POLICIES[arch]),
+        ppo={**FAST_PPO, **ppo},
+        total_steps=steps,
+        precision="fp32" if arch == "transformer" else "auto",
+    )
 
 
 NAMED_CONFIGS: dict[str, TrainConfig] = {
     "trash-cnn": _named({"variant": "trash"}),
-    "trash-transformer": _named({"variant": "trash"}, arch="transformer", steps=600_000),
+    "trash-transformer": _named({"variant": "trash"}, arch="transformer", steps=1_000_000),
     "blueroom-cnn": _named({"variant": "blueroom"}, steps=400_000),
     "redgoal-cnn": _named({"variant": "redgoal"}, steps=200_000),
     # Button regimes: never seen in training; present and rewarded in every episode; present in a fraction.
@@ -94,6 +113,19 @@ def _check(config: TrainConfig) -> None:
         raise ConfigError(f"total_steps={config.total_steps!r}: use a positive integer.")
     if config.n_checkpoints < 2:
         raise ConfigError("n_checkpoints must be >= 2 (step 0 and the final step).")
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ConfigError(f"precision={precision!r}: use auto, fp32 or bf16.")
+    if precision != "auto":
+        return precision
+    if device.startswith("cuda"):
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    try:  # oneDNN's bf16 kernels need avx512_bf16 or AMX; elsewhere bf16 on CPU is slower than fp32
+        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    except (AttributeError, RuntimeError):
+        return "fp32"
 
 
 def resolve_device(device: str) -> str:
@@ -132,7 +164,7 @@ def train(
     start_step, train_state = 0, None
     if resume:
         run = ckpt.read_run(out)
-        stored = TrainConfig(**{k: run[k] for k in ("env", "policy", "ppo", "total_steps", "seed")},
+        stored = TrainConfig(**{k: run[k] for k in ("env", "policy", "ppo", "total_steps", "seed", "precision")},
                              n_checkpoints=run["n_checkpoints"], eval_episodes=run["eval_episodes"])  # fmt: skip
         if config is not None and config.total_steps > stored.total_steps:
             stored.total_steps = config.total_steps
@@ -157,7 +189,10 @@ def train(
     model = PPO(
         HookedActorCriticPolicy,
         venv,
-        policy_kwargs={"policy_config": {**config.policy, "obs_shape": list(venv.config.obs_shape), "n_actions": 5}},
+        policy_kwargs={
+            "policy_config": {**config.policy, "obs_shape": list(venv.config.obs_shape), "n_actions": 5},
+            "precision": resolve_precision(config.precision, device),
+        },
         device=device,
         verbose=0,
         **ppo,
@@ -171,6 +206,7 @@ def train(
                 "env": venv.config.to_dict(),
                 "policy": policy.config(),
                 "checkpoint_steps": schedule,
+                "precision": resolve_precision(config.precision, device),
                 "tensors": ckpt.tensor_spec(policy.state_dict()),
                 "versions": ckpt.versions(),
             },

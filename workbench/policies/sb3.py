@@ -41,6 +41,7 @@ class HookedActorCriticPolicy(ActorCriticPolicy):
         action_space: spaces.Space,
         lr_schedule: Schedule,
         policy_config: dict[str, Any],
+        precision: str = "fp32",
         **kwargs: Any,
     ):
         if not isinstance(action_space, spaces.Discrete):
@@ -54,6 +55,9 @@ class HookedActorCriticPolicy(ActorCriticPolicy):
             raise ConfigError(
                 "use_sde is for continuous actions; hooked policies have discrete ones. Use use_sde=False."
             )
+        if precision not in ("fp32", "bf16"):
+            raise ConfigError(f"precision={precision!r}: use fp32, or bf16 (autocast matmuls and convolutions).")
+        self.precision = precision
         # Read by _build, which ActorCriticPolicy.__init__ calls.
         self.policy_config = _config_for_spaces(policy_config, observation_space, action_space)
         super().__init__(observation_space, action_space, lr_schedule, normalize_images=False, **kwargs)
@@ -63,32 +67,44 @@ class HookedActorCriticPolicy(ActorCriticPolicy):
         self.hooked = build_policy(self.policy_config)
         self.optimizer = self.optimizer_class(self.hooked.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
 
+    def _run(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The hooked module, under bf16 autocast if asked (about 2x faster PPO updates on CPUs with bf16
+        instructions); logits and values always come back as float32 for the losses."""
+        if self.precision == "fp32":
+            return self.hooked(obs)
+        with torch.autocast(obs.device.type, dtype=torch.bfloat16):
+            logits, value = self.hooked(obs)
+        return logits.float(), value.float()
+
     def forward(self, obs: torch.Tensor, deterministic: bool = False) -> tuple[torch.Tensor, ...]:
         """Rollout step: actions, values `[B, 1]` and log-probabilities, as SB3 expects."""
-        logits, value = self.hooked(obs)
+        logits, value = self._run(obs)
         distribution = self.action_dist.proba_distribution(action_logits=logits)
         actions = distribution.get_actions(deterministic=deterministic)
         return actions, value.unsqueeze(-1), distribution.log_prob(actions)
 
     def evaluate_actions(self, obs: PyTorchObs, actions: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Update step: values `[B, 1]`, log-probabilities of `actions`, and entropy."""
-        logits, value = self.hooked(obs)
+        logits, value = self._run(obs)
         distribution = self.action_dist.proba_distribution(action_logits=logits)
         return value.unsqueeze(-1), distribution.log_prob(actions), distribution.entropy()
 
     def get_distribution(self, obs: PyTorchObs) -> CategoricalDistribution:
         """The action distribution; SB3's `_predict` (and so `predict`) samples from this."""
-        logits, _ = self.hooked(obs)
+        logits, _ = self._run(obs)
         return self.action_dist.proba_distribution(action_logits=logits)
 
     def predict_values(self, obs: PyTorchObs) -> torch.Tensor:
         """Values `[B, 1]`, used to bootstrap the last step and truncated episodes."""
-        _, value = self.hooked(obs)
+        _, value = self._run(obs)
         return value.unsqueeze(-1)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         # So SB3's own save/load can rebuild the policy (checkpoints are safetensors, but keep SB3 whole).
-        return super()._get_constructor_parameters() | {"policy_config": self.policy_config}
+        return super()._get_constructor_parameters() | {
+            "policy_config": self.policy_config,
+            "precision": self.precision,
+        }
 
 
 def _config_for_spaces(

@@ -30,6 +30,7 @@ from transformer_lens.hook_points import HookPoint
 
 from workbench.errors import ConfigError
 from workbench.policies.base import HookedPolicy, positive_int
+from workbench.policies.cnn import HookedConv
 
 
 class HookedLayerNorm(nn.LayerNorm):
@@ -137,7 +138,11 @@ class TransformerPolicy(HookedPolicy):
         n_heads: int = 4,
         n_layers: int = 2,
         d_mlp: int = 256,
+        stem: int = 0,
     ):
+        stem = int(stem) if isinstance(stem, int) and not isinstance(stem, bool) and stem >= 0 else -1
+        if stem < 0:
+            raise ConfigError("stem must be an integer >= 0: channels of the per-cell conv stem, 0 for none.")
         patch, d_model, n_heads, n_layers, d_mlp = (
             positive_int(name, value)
             for name, value in [
@@ -152,7 +157,7 @@ class TransformerPolicy(HookedPolicy):
             raise ConfigError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads}); try d_model=64, 4 heads.")
         if n_layers > 4:
             raise ConfigError(f"n_layers must be 1 to 4 (small policies are the point), got {n_layers}.")
-        arch_kwargs = dict(patch=patch, d_model=d_model, n_heads=n_heads, n_layers=n_layers, d_mlp=d_mlp)
+        arch_kwargs = dict(patch=patch, d_model=d_model, n_heads=n_heads, n_layers=n_layers, d_mlp=d_mlp, stem=stem)
         super().__init__(obs_shape, n_actions, arch_kwargs)
 
         in_channels, height, width = self.obs_shape
@@ -167,8 +172,14 @@ class TransformerPolicy(HookedPolicy):
         self.pad = (0, 2 * (patches_x * patch - cells_x), 0, 2 * (patches_y * patch - cells_y))
         self.n_tokens = 1 + patches_y * patches_x
 
-        # A conv with kernel = stride = patch size is a linear map of each flattened patch.
-        self.patch_embed = nn.Conv2d(in_channels, d_model, kernel_size=2 * patch, stride=2 * patch)
+        # Optional per-cell stem (one nonlinear feature vector per grid cell, as the CNN's first layer), then a
+        # conv with kernel = stride = patch size: a linear map of each flattened patch.
+        if stem:
+            self.stem = HookedConv(in_channels, stem, kernel_size=2, stride=2)
+            self.patch_embed = nn.Conv2d(stem, d_model, kernel_size=patch, stride=patch)
+        else:
+            self.stem = None
+            self.patch_embed = nn.Conv2d(in_channels, d_model, kernel_size=2 * patch, stride=2 * patch)
         self.readout = nn.Parameter(torch.randn(1, 1, d_model) * 0.02)
         self.pos_embed = nn.Parameter(torch.randn(1, self.n_tokens, d_model) * 0.02)
         self.hook_embed = HookPoint()
@@ -186,6 +197,8 @@ class TransformerPolicy(HookedPolicy):
         x = self.normalise(obs)
         if any(self.pad):
             x = F.pad(x, self.pad)
+        if self.stem is not None:
+            x = self.stem(x)
         patches = self.patch_embed(x).flatten(2).transpose(1, 2)  # [B, patches, d_model], row-major cells
         batch = patches.shape[0]
         embed = self.hook_embed(torch.cat([self.readout.expand(batch, -1, -1), patches], dim=1))
