@@ -33,7 +33,7 @@ from workbench.envs.render import (
     draw_cells,
     draw_full,
 )
-from workbench.envs.schedules import compute_reward
+from workbench.envs.schedules import AVAILABILITY, compute_reward
 from workbench.errors import ActionError
 
 NOOP, UP, DOWN, LEFT, RIGHT = range(5)
@@ -419,7 +419,7 @@ def labels(cfg: EnvConfig, state: EnvState) -> dict[str, np.ndarray]:
         np.where(delta[:, 1] < 0, LEFT, RIGHT),
     )
     direction = np.where(has_target & (dist > 0), direction, NOOP)
-    return {
+    out = {
         "agent_row": state.agent[:, 0].astype(np.int64),
         "agent_col": state.agent[:, 1].astype(np.int64),
         "carrying": carrying,
@@ -442,3 +442,6 @@ def labels(cfg: EnvConfig, state: EnvState) -> dict[str, np.ndarray]:
         "goal_map": object_map(state, state.goal, state.goal_on, G),
         "decoy_map": object_map(state, state.decoy, state.decoy_on, G),
     }
+    if cfg.schedule in AVAILABILITY:
+        out["reward_available"] = np.asarray(AVAILABILITY[cfg.schedule](state), dtype=bool)
+    return out
