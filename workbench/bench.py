@@ -201,7 +201,7 @@ def bench_throughput(seconds: float = 3.0) -> dict:
 
     from workbench.envs.sb3_vec import WorkbenchVecEnv
     from workbench.policies.sb3 import HookedActorCriticPolicy
-    from workbench.train import FAST_PPO, POLICIES, resolve_precision
+    from workbench.train import FAST_PPO, POLICIES, resolve_precision, unvalidated_distributions
 
     ppo = dict(FAST_PPO)
     policy_kwargs = {"policy_config": dict(POLICIES["cnn"]), "precision": resolve_precision("auto", "cpu")}
@@ -215,7 +215,7 @@ def bench_throughput(seconds: float = 3.0) -> dict:
         model = PPO(HookedActorCriticPolicy, venv, policy_kwargs=policy_kwargs, device="cpu", seed=0, **settings)
         model.learn(samples)  # warm-up
         updates = max(2, int(seconds * 6000 / samples))
-        with _compute_timer(model.policy) as compute:
+        with _compute_timer(model.policy) as compute, unvalidated_distributions():
             start = time.perf_counter()
             model.learn(updates * samples, reset_num_timesteps=False)
             elapsed = time.perf_counter() - start

@@ -220,10 +220,27 @@ def train(
         saver.save(model, 0)
     remaining = config.total_steps - start_step
     if remaining > 0:
-        model.learn(total_timesteps=remaining, callback=saver, reset_num_timesteps=False)
+        with unvalidated_distributions():
+            model.learn(total_timesteps=remaining, callback=saver, reset_num_timesteps=False)
     if model.num_timesteps not in ckpt.list_steps(out) and saver.solved_at is None:
         saver.save(model, model.num_timesteps)
     return out
+
+
+class unvalidated_distributions:
+    """Skip torch.distributions' argument checks while SB3 builds a Categorical per minibatch and rollout step
+    (logits from our own module are always valid); the global default is restored afterwards."""
+
+    def __enter__(self):
+        from torch.distributions import Distribution
+
+        self.previous = Distribution._validate_args
+        Distribution.set_default_validate_args(False)
+
+    def __exit__(self, *exc):
+        from torch.distributions import Distribution
+
+        Distribution.set_default_validate_args(self.previous)
 
 
 def _latest_resumable(out: Path) -> tuple[int, dict]:
