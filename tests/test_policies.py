@@ -275,3 +275,21 @@ def test_sb3_policy_rejects_mismatched_config():
         HookedActorCriticPolicy(
             env.observation_space, env.action_space, ConstantSchedule(1e-3), {"arch": "cnn"}, normalize_images=True
         )
+
+
+@pytest.mark.parametrize("name", ["cnn", "transformer"])
+def test_trained_configs_hook_shapes_and_ablation(name):
+    """The architectures `workbench train` uses (the transformer with its per-cell conv stem)."""
+    from workbench.train import POLICIES
+
+    policy = make_policy(**POLICIES[name])
+    obs = torch.randint(0, 256, (3, *OBS_SHAPE), dtype=torch.uint8)
+    shapes = hook_shapes(policy)
+    (logits, value), cache = policy.run_with_cache(obs)
+    assert set(cache.keys()) == set(shapes)
+    for hook, shape in shapes.items():
+        assert tuple(cache[hook].shape) == (3, *shape), hook
+    first = "stem.hook_out" if name == "transformer" else "conv.0.hook_out"
+    assert first in shapes
+    ablated, _ = policy.run_with_hooks(obs, fwd_hooks=[(first, lambda act, hook: act * 0)])
+    assert not torch.allclose(ablated, logits)
