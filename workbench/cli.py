@@ -311,5 +311,63 @@ def demo(
     eval_(out, env=None, episodes=200, seed=12345, option=[], as_json=False)
 
 
+@app.command()
+def probe(
+    run_or_ckpt: Path = typer.Argument(..., help="run directory (every checkpoint) or one step-*.safetensors"),
+    out: Path = typer.Option(..., help="table to write (parquet); <stem>.directions.safetensors/.json beside it"),
+    hooks: list[str] = typer.Option(
+        [], "--hooks", help="hook names, repeatable or comma-separated (default: every *.hook_out / *hook_resid_post)"
+    ),
+    labels: list[str] = typer.Option(
+        [], "--labels", help="label names, repeatable or comma-separated (default: the reward and task sets)"
+    ),
+    steps: int = typer.Option(20_000, "--steps", help="observations to collect with the last checkpoint"),
+    seed: int = typer.Option(0, help="seed of the rollout, the episode split, the controls and the bootstrap"),
+    device: str = typer.Option("cpu", help="cpu | cuda"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar (for scripts)"),
+) -> None:
+    """Fit linear probes (with shuffled, random-init, baseline and best-unit controls) on every checkpoint of
+    a run, on one shared set of observations; write one tidy table and the probe directions.
+
+    Example: workbench probe runs/trash-cnn --labels carrying,trash_map,reward --out probes.parquet
+    """
+    from rich.table import Table
+
+    from probes import probe_sweep, summary
+    from workbench.train import resolve_device
+
+    def names(values: list[str]) -> list[str] | None:
+        split = [name.strip() for value in values for name in value.split(",") if name.strip()]
+        return split or None
+
+    kwargs = dict(hooks=names(hooks), labels=names(labels), n_steps=steps, seed=seed,
+                  device=resolve_device(device), out=out)  # fmt: skip
+    if quiet:
+        table = probe_sweep(run_or_ckpt, **kwargs)
+    else:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn("[bold]probe"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                      TimeElapsedColumn(), console=console) as bar:  # fmt: skip
+            task = bar.add_task("collect", total=None)
+
+            def progress(what: str, done: int, total: int) -> None:
+                bar.update(task, description=what, completed=done, total=total)
+
+            table = probe_sweep(run_or_ckpt, progress=progress, **kwargs)
+    best = summary(table)
+    view = Table(title=f"best selectivity per label (score - highest control) — {out}")
+    for column in ("label", "set", "metric", "step", "hook", "probe", "score", "selectivity"):
+        view.add_column(column, justify="right" if column in ("step", "score", "selectivity") else "left")
+    for row in best.itertuples():
+        view.add_row(row.label, row.label_set, row.metric, str(row.step), row.hook, row.probe, f"{row.value:.3f}",
+                     f"{row.selectivity:+.3f}")  # fmt: skip
+    Console().print(view)
+    skipped = table.loc[table["metric"] == "skipped", "note"].unique()
+    for note in skipped:
+        console.print(f"skipped: {note}")
+    console.print(f"wrote {out} ({len(table)} rows) and its directions beside it")
+
+
 if __name__ == "__main__":
     main()

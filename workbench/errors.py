@@ -17,6 +17,10 @@ class CheckpointError(WorkbenchError):
     """A checkpoint is missing, malformed, or does not match its run.json."""
 
 
+class DatasetError(WorkbenchError):
+    """An activation dataset is missing, incomplete or damaged, or cannot be written where asked."""
+
+
 def unknown_name(kind: str, name: str, valid) -> ConfigError:
     """An error for an unknown `name` that lists the valid ones and the nearest match."""
     import difflib

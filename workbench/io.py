@@ -3,6 +3,7 @@ never a half-written file: write a temp file in the same folder, fsync it, renam
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import struct
@@ -13,13 +14,20 @@ from pathlib import Path
 import numpy as np
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+def atomic_write_bytes(path: str | Path, data, direct: bool = False) -> Path:
+    """Write `data` (bytes or any buffer) to `path` atomically. direct: write the page-aligned bulk with O_DIRECT,
+    bypassing the page cache. Buffered writes cost ~2.4 s of kernel CPU per GB on our 2-core VMs (measured with dd:
+    as much as a whole activation collection's compute); direct writes ran at ~3 GB/s with next to none. Where the
+    OS or the filesystem (tmpfs) has no O_DIRECT, everything is written buffered."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    data = memoryview(data).cast("B")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            done = _write_blocks_direct(tmp, data[: len(data) // 4096 * 4096]) if direct else 0
+            f.seek(done)
+            f.write(data[done:])
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -28,6 +36,29 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _write_blocks_direct(path: str, data: memoryview) -> int:
+    """Write whole 4096-byte blocks at the start of `path` with O_DIRECT; the bytes written (0 where the OS or the
+    filesystem does not support it)."""
+    flag = getattr(os, "O_DIRECT", 0)
+    if not flag or not len(data):
+        return 0
+    try:
+        fd = os.open(path, os.O_WRONLY | flag)
+    except OSError:
+        return 0
+    try:
+        done = 0
+        while done < len(data):
+            done += os.write(fd, data[done:])
+        return done
+    except OSError as err:
+        if err.errno != errno.EINVAL:  # EINVAL: this filesystem rejects direct I/O after all
+            raise
+        return 0
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(folder: Path) -> None:

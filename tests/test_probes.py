@@ -1,0 +1,376 @@
+"""Probes: planted features are found, noise is not, controls and splits behave, scores agree with
+scikit-learn, bad input fails clearly, and a sweep over a tiny trained run writes its table and directions."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import probes
+from probes.episodes import bootstrap_weights, shuffle_across_episodes, split_by_episode
+from probes.fit import CURVATURE, Features, fit_classifiers, fit_ridge
+from probes.metrics import auroc, score
+from probes.probe import COLUMNS, CONTROLS
+from workbench.errors import ConfigError
+
+N, D, EPISODE = 3000, 24, 40
+
+
+def synthetic(seed=0, n=N, d=D, noise=False):
+    """Features with a planted direction w; labels: y_reg = Xw + noise, y_bin from a logistic of Xw, y_multi from
+    thresholds of Xw, y_noise independent of X; episodes of EPISODE rows."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d)).astype(np.float32) * rng.uniform(0.5, 3, size=d).astype(np.float32) + 1.0
+    w = rng.normal(size=d)
+    z = (X - 1.0) @ w
+    z = z / z.std()
+    labels = pd.DataFrame(
+        {
+            "y_reg": z + 0.3 * rng.normal(size=n),
+            "y_bin": z + 0.3 * rng.logistic(size=n) > 0.2,
+            "y_multi": np.digitize(z, [-0.8, 0.0, 0.8]).astype(np.int64),
+            "y_noise": rng.random(n) > 0.5,
+            "y_const": np.full(n, 3, dtype=np.int64),
+        }
+    )
+    episodes = np.arange(n) // EPISODE
+    dead = np.full((n, 1), 0.5, dtype=np.float32)  # a constant feature (a dead unit): left out, weight 0
+    return probes.ArrayDataset({"h": np.concatenate([X, dead], 1)}, labels, episodes), w
+
+
+def rows(table, label, metric, control="shuffled"):
+    return table[(table.label == label) & (table.metric == metric) & (table.control == control)].iloc[0]
+
+
+@pytest.fixture(scope="module")
+def planted():
+    ds, w = synthetic()
+    return ds, w, probes.fit_probes(ds, ["h"], ["y_reg", "y_bin", "y_multi", "y_noise"], random_init=None)
+
+
+def test_planted_feature_is_recovered_with_its_direction(planted):
+    ds, w, result = planted
+    table = result.table
+    assert rows(table, "y_reg", "r2").value > 0.85
+    assert rows(table, "y_bin", "auroc").value > 0.9 and rows(table, "y_bin", "accuracy").value > 0.8
+    assert rows(table, "y_multi", "accuracy").value > 0.75
+    for label in ("y_reg", "y_bin"):
+        direction = next(d for d in result.directions if d.label == label)
+        # in the original basis the planted direction is w / 1 (features were scaled then shifted)
+        cosine = torch.nn.functional.cosine_similarity(direction.weight[:-1].double(), torch.tensor(w), 0)
+        assert cosine > 0.9, (label, float(cosine))
+        assert direction.weight[-1] == 0 and direction.std[-1] == 1 and direction.mean[-1] == 0.5
+        # the direction reproduces the probe's output on raw activations
+        logits = ds.activations("h") @ direction.weight + direction.bias
+        assert torch.isfinite(logits).all()
+    selectivity = rows(table, "y_bin", "auroc")
+    assert selectivity.selectivity > 0.2 and selectivity.ci_low < selectivity.value < selectivity.ci_high
+
+
+def test_controls_stay_at_chance(planted):
+    _, _, result = planted
+    table = result.table
+    assert abs(rows(table, "y_bin", "auroc").control_value - 0.5) < 0.1
+    assert rows(table, "y_reg", "r2").control_value < 0.05
+    assert abs(rows(table, "y_multi", "balanced_accuracy").control_value - 0.25) < 0.1
+    baseline = rows(table, "y_bin", "balanced_accuracy", "baseline")
+    assert baseline.control_value == pytest.approx(0.5)
+    assert np.isnan(rows(table, "y_bin", "auroc", "random_init").control_value)  # random_init=None
+    best_unit = rows(table, "y_reg", "r2", "best_unit").control_value
+    assert 0 < best_unit < rows(table, "y_reg", "r2").value
+
+
+def test_noise_scores_at_chance_with_a_ci_covering_it(planted):
+    _, _, result = planted
+    for metric in ("auroc", "balanced_accuracy"):
+        row = rows(result.table, "y_noise", metric)
+        assert row.ci_low < 0.5 < row.ci_high, (metric, row.ci_low, row.ci_high)
+        assert abs(row.value - 0.5) < 0.06
+
+
+def test_table_layout(planted):
+    _, _, result = planted
+    table = result.table
+    assert list(table.columns) == COLUMNS
+    assert set(table.control) == set(CONTROLS)
+    # one row per (hook, label, probe, metric, control)
+    assert not table.duplicated(["step", "hook", "label", "probe", "metric", "control"]).any()
+    per_probe = table.groupby(["label", "metric"])
+    assert (per_probe["selectivity"].nunique() == 1).all()
+    gap = table.control_gap.dropna()
+    assert (gap >= table.selectivity[gap.index] - 1e-9).all()
+    assert set(table.kind) == {"regression", "binary", "multiclass"}
+    assert set(table.probe) == {"ridge", "logistic", "multinomial"}
+
+
+def test_a_stack_of_designs_fits_as_each_alone():
+    """score_stack (one batch for several checkpoints of a hook) gives each design the scores it gets alone."""
+    from probes.labels import resolve_labels
+    from probes.probe import score_hook, score_stack
+
+    ds, _ = synthetic(n=1200)
+    other, _ = synthetic(seed=1, n=1200)
+    targets, _ = resolve_labels(ds, ["y_reg", "y_bin", "y_multi"])
+    split = split_by_episode(ds.episode_ids(), seed=0)
+    designs = [ds.activations("h"), other.activations("h")]
+    stacked = score_stack(designs, "h", targets, split, n_boot=20)
+    for design, scores in zip(designs, stacked, strict=True):
+        alone = score_hook(design, "h", targets, split, n_boot=20)
+        for a, b in zip(scores, alone, strict=True):
+            assert a.label == b.label and a.reg == b.reg
+            for metric, (value, _, _) in a.metrics.items():
+                assert value == pytest.approx(b.metrics[metric][0], abs=0.01), (a.label, metric)
+
+
+def test_split_never_puts_an_episode_on_two_sides():
+    episodes = np.repeat(np.random.default_rng(0).permutation(50), np.random.default_rng(1).integers(1, 30, 50))
+    split = split_by_episode(episodes, seed=3)
+    sides = [set(episodes[split.train]), set(episodes[split.val]), set(episodes[split.test])]
+    assert not (sides[0] & sides[1]) and not (sides[0] & sides[2]) and not (sides[1] & sides[2])
+    assert sorted(np.concatenate([split.train, split.val, split.test])) == list(range(len(episodes)))
+    again = split_by_episode(episodes, seed=3)
+    assert (again.test == split.test).all()
+    assert not np.array_equal(split_by_episode(episodes, seed=4).test, split.test)
+
+
+def test_shuffle_moves_whole_episode_sequences():
+    episodes = np.repeat(np.arange(6), [3, 5, 2, 4, 6, 1])
+    values = np.arange(len(episodes))  # value = row: where each label came from
+    shuffled = shuffle_across_episodes(values, episodes, seed=0)
+    assert sorted(shuffled) == list(values) and not (shuffled == values).all()
+    # read in row order, the shuffled labels are whole episodes laid end to end
+    starts = {int(values[episodes == e][0]) for e in range(6)}
+    breaks = [i for i in range(len(shuffled)) if i == 0 or shuffled[i] != shuffled[i - 1] + 1]
+    assert {int(shuffled[i]) for i in breaks} <= starts
+
+
+def test_bootstrap_resamples_whole_episodes():
+    episodes = np.repeat(np.arange(10), 7)
+    weights = bootstrap_weights(episodes, n_boot=50, seed=0)
+    assert weights.shape == (51, 70) and (weights[0] == 1).all()
+    per_episode = weights[1:].reshape(50, 10, 7)
+    assert (per_episode == per_episode[..., :1]).all()  # all rows of an episode share its draw count
+    assert (per_episode[..., 0].sum(1) == 10).all()
+
+
+# ---------------------------------------------------------------------------------------------- vs scikit-learn
+def _standardised(seed=0, n=600, d=8):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d)) @ rng.normal(size=(d, d))
+    X = (X - X.mean(0)) / X.std(0)
+    w = rng.normal(size=d)
+    return torch.tensor(X, dtype=torch.float32), X, X @ w, rng
+
+
+def test_ridge_matches_sklearn():
+    from sklearn.linear_model import Ridge
+
+    Xt, X, z, rng = _standardised()
+    y = z + rng.normal(size=len(z))
+    mu = 1e-2
+    W, b = fit_ridge(Features(Xt[None], grid=(mu,)), torch.tensor(y[:, None], dtype=torch.float32))
+    ref = Ridge(alpha=mu * len(y)).fit(X, y)
+    np.testing.assert_allclose(W[0, 0, :, 0].numpy(), ref.coef_, rtol=1e-3, atol=1e-4)
+    assert float(b[0]) == pytest.approx(ref.intercept_, abs=1e-4)
+
+
+@pytest.mark.parametrize("n_classes", [2, 4])
+def test_logistic_and_multinomial_match_sklearn(n_classes):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, roc_auc_score
+
+    Xt, X, z, rng = _standardised(seed=n_classes)
+    y = np.digitize(z + rng.logistic(size=len(z)), np.quantile(z, np.linspace(0, 1, n_classes + 1)[1:-1]))
+    mu = 1e-2
+    if n_classes == 2:
+        Y, problem, softmax, c = y[:, None].astype("f4"), [0], [False], CURVATURE["sigmoid"]
+    else:
+        Y, problem, softmax, c = np.eye(n_classes, dtype="f4")[y], [0] * n_classes, [True] * n_classes, 0.5
+    W, b, _, _ = fit_classifiers(Features(Xt[None], grid=(mu,)), torch.tensor(Y), torch.tensor(problem),
+                                 torch.tensor(softmax), lambda W: Xt @ W, torch.tensor(Y), rtol=1e-6)  # fmt: skip
+    W, b = W[0], b[0]  # the stack of one design
+    ref = LogisticRegression(C=1 / (c * mu * len(y)), tol=1e-8, max_iter=1000).fit(X, y)
+    np.testing.assert_allclose(W.numpy().T, ref.coef_, rtol=1e-2, atol=2e-3)
+    logits = Xt @ W + b
+    if n_classes == 2:
+        pred, prob = (logits[:, 0] > 0).long().numpy(), torch.sigmoid(logits[:, 0]).numpy()
+        assert roc_auc_score(y, prob) == pytest.approx(roc_auc_score(y, ref.predict_proba(X)[:, 1]), abs=1e-3)
+    else:
+        pred = logits.argmax(1).numpy()
+    assert accuracy_score(y, pred) == pytest.approx(accuracy_score(y, ref.predict(X)), abs=0.005)
+
+
+def test_metrics_match_sklearn_and_weights_repeat_rows():
+    from sklearn.metrics import balanced_accuracy_score, r2_score, roc_auc_score
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 200)
+    scores = rng.normal(size=(200, 3)).round(1)  # rounded: many ties
+    onehot = np.eye(3)[y]
+    ones = torch.ones(1, 200)
+    got = score("multiclass", torch.tensor(y), torch.tensor(scores, dtype=torch.float32), ones)
+    assert float(got["auroc"][0]) == pytest.approx(roc_auc_score(onehot, scores, average="macro"), abs=1e-5)
+    assert float(got["balanced_accuracy"][0]) == pytest.approx(balanced_accuracy_score(y, scores.argmax(1)))
+    target = rng.normal(size=200)
+    pred = target + rng.normal(size=200)
+    r2 = score("regression", torch.tensor(target), torch.tensor(pred), ones)["r2"]
+    assert float(r2[0]) == pytest.approx(r2_score(target, pred), abs=1e-5)
+    # integer weights are the same as repeated rows
+    counts = torch.tensor(rng.integers(0, 3, 200), dtype=torch.float32)
+    repeated = np.repeat(np.arange(200), counts.int().numpy())
+    weighted = auroc(torch.tensor(scores[:, :1]), torch.tensor(onehot[:, :1]), counts[None])
+    assert float(weighted[0, 0]) == pytest.approx(roc_auc_score(onehot[repeated, 0], scores[repeated, 0]), abs=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- maps
+def test_map_probes_per_cell_and_conv1x1():
+    rng = np.random.default_rng(0)
+    n, G, C = 1500, 5, 6
+    maps = rng.random((n, G, G)) < 0.2
+    maps[:, 0, :] = False  # a wall row: constant cells
+    acts = rng.normal(size=(n, C, G, G)).astype(np.float32)
+    acts[:, 2] += 2.0 * maps  # channel 2 marks the object at its cell
+    labels = pd.DataFrame({"step": np.arange(n) % 30})
+    ds = probes.ArrayDataset({"conv": acts}, labels, np.arange(n) // 30, maps={"trash_map": maps})
+    result = probes.fit_probes(ds, ["conv"], ["trash_map"], random_init=None)
+    table = result.table
+    for probe in ("per_cell", "conv1x1"):
+        row = table[(table.probe == probe) & (table.metric == "auroc")].iloc[0]
+        assert row.value > 0.85, probe
+    auroc = table[(table.metric == "auroc") & (table.control == "shuffled")].set_index("probe")
+    assert abs(auroc.control_value["per_cell"] - 0.5) < 0.05
+    # pooled over cells, a shuffled-label probe can still learn which cells hold objects from how the channels'
+    # distribution differs between cells (here: skew); the control then sits above chance but far below the probe
+    assert auroc.control_value["conv1x1"] < auroc.value["conv1x1"] - 0.2
+    conv = next(d for d in result.directions if d.probe == "conv1x1")
+    assert conv.weight.shape == (C,) and int(conv.weight.abs().argmax()) == 2 and conv.bias.shape == (G, G)
+    cell = next(d for d in result.directions if d.probe == "per_cell")
+    assert cell.weight.shape == (G, G, C, G, G) and cell.bias.shape == (G, G)
+    # applied to raw activations, the directions reproduce the test accuracy in the table
+    test = split_by_episode(ds.episode_ids(), seed=0).test
+    acts, truth = ds.activations("conv")[test], torch.as_tensor(maps[test])
+    conv_logits = torch.einsum("c,ncyx->nyx", conv.weight, acts) + conv.bias
+    cell_logits = torch.einsum("yxcij,ncij->nyx", cell.weight, acts) + cell.bias
+    for probe, logits in (("conv1x1", conv_logits), ("per_cell", cell_logits)):
+        reported = table[(table.probe == probe) & (table.metric == "accuracy")].value.iloc[0]
+        assert float(((logits > 0) == truth).float().mean()) == pytest.approx(reported, abs=1e-4)
+    assert (cell.weight[0] == 0).all() and (cell.bias[0] < 0).all()  # the wall row: never an object
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+def test_unknown_names_list_the_valid_ones():
+    ds, _ = synthetic(n=400)
+    with pytest.raises(ConfigError, match="Did you mean 'h'"):
+        probes.fit_probe(ds, "hh", "y_bin")
+    with pytest.raises(ConfigError, match="Did you mean 'y_bin'"):
+        probes.fit_probe(ds, "h", "y_bni")
+
+
+def test_constant_labels():
+    ds, _ = synthetic(n=400)
+    with pytest.raises(probes.ProbeError, match="constant"):
+        probes.fit_probe(ds, "h", "y_const")
+    catalogue = ds.labels.rename(columns={"y_const": "wall_color", "y_bin": "carrying"})
+    ds = probes.ArrayDataset({"h": ds.activations("h")}, catalogue, ds.episode_ids())
+    with pytest.warns(UserWarning, match="wall_color is constant"):
+        table = probes.fit_probes(ds, random_init=None).table  # default label sets: skipped with a row
+    skipped = table[table.metric == "skipped"]
+    assert list(skipped.label) == ["wall_color"] and "constant" in skipped.note.iloc[0]
+    assert "carrying" in set(table.label)
+
+
+def test_bad_data_is_refused():
+    ds, _ = synthetic(n=400)
+    X, labels, episodes = ds.activations("h"), ds.labels, ds.episode_ids()
+    with pytest.raises(probes.ProbeError, match="rows"):
+        probes.ArrayDataset({"h": X[:-1]}, labels, episodes)
+    bad = X.clone()
+    bad[5, 3] = float("nan")
+    with pytest.raises(probes.ProbeError, match="NaN or inf"):
+        probes.fit_probe(probes.ArrayDataset({"h": bad}, labels, episodes), "h", "y_bin")
+    with pytest.raises(probes.ProbeError, match="empty"):
+        probes.fit_probe(probes.ArrayDataset({"h": X[:0]}, labels[:0], episodes[:0]), "h", "y_bin")
+    with pytest.raises(probes.ProbeError, match="episode"):
+        probes.fit_probe(probes.ArrayDataset({"h": X}, labels, episodes // 200), "h", "y_bin")
+
+
+def test_directions_round_trip_and_missing_files(planted, tmp_path):
+    _, _, result = planted
+    out = tmp_path / "probes.parquet"
+    probes.save_directions(result.directions, out)
+    loaded = probes.load_directions(out)
+    assert [(d.hook, d.label, d.probe) for d in loaded] == [(d.hook, d.label, d.probe) for d in result.directions]
+    for a, b in zip(loaded, result.directions, strict=True):
+        assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias) and torch.equal(a.std, b.std)
+    assert loaded[2].classes == [0, 1, 2, 3]
+    with pytest.raises(probes.ProbeError, match="missing"):
+        probes.load_directions(tmp_path / "other.parquet")
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from workbench.train import TrainConfig, train
+
+    cfg = TrainConfig(env={"variant": "trash", "room_size": 5}, total_steps=512)
+    cfg.ppo.update({"n_envs": 16, "n_steps": 8, "batch_size": 64, "n_epochs": 1})
+    cfg.n_checkpoints, cfg.eval_episodes = 3, 4
+    return train(cfg, tmp_path_factory.mktemp("probe-run") / "run", device="cpu")
+
+
+def test_sweep_over_a_tiny_run(tiny_run, tmp_path):
+    from workbench.checkpoints import list_steps
+
+    out = tmp_path / "sweep.parquet"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # wall_color is constant in the trash env: skipped
+        table = probes.probe_sweep(tiny_run, hooks=["conv.1.hook_out", "fc.hook_out"], n_steps=1500, out=out,
+                                   n_boot=50)  # fmt: skip
+    assert list(table.columns) == COLUMNS
+    assert sorted(table.step.unique()) == list_steps(tiny_run)
+    fitted = table[table.metric != "skipped"]
+    assert set(fitted.label_set) == {"reward", "task"}
+    assert {"per_cell", "conv1x1", "logistic", "ridge", "multinomial"} <= set(fitted.probe)
+    assert fitted.control_value[fitted.control == "random_init"].notna().all()
+    assert fitted.value.notna().all() and fitted.selectivity.notna().all()
+    assert set(table[table.metric == "skipped"].label) <= {"wall_color", "reward_available"}  # constant here
+    assert pd.read_parquet(out).equals(table)
+    directions = probes.load_directions(out)
+    assert {d.step for d in directions} == set(list_steps(tiny_run))
+    conv = next(d for d in directions if d.probe == "conv1x1" and d.label == "trash_map")
+    assert conv.weight.shape == (16,) and conv.hook == "conv.1.hook_out"
+
+
+def test_fit_probe_on_a_collected_dataset_builds_its_random_init_control(tiny_run):
+    from workbench.checkpoints import load_policy
+    from workbench.datasets import collect
+
+    ds = collect(load_policy(tiny_run), None, 1200, hooks=["fc.hook_out"], seed=1)
+    result = probes.fit_probe(ds, "fc.hook_out", "carrying", n_boot=50)
+    table = result.table
+    assert table.control_value[table.control == "random_init"].notna().all()
+    assert set(table.step) == {512} and result.directions[0].weight.shape == (128,)
+
+
+def test_cli_writes_table_and_directions(tiny_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from workbench.cli import app
+
+    out = tmp_path / "cli.parquet"
+    args = ["probe", str(tiny_run / "step-000000512.safetensors"), "--hooks", "fc.hook_out", "--labels",
+            "carrying,trash_map,reward,target_dir", "--steps", "1200", "--out", str(out)]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "best selectivity" in result.output and "carrying" in result.output
+    table = pd.read_parquet(out)
+    assert set(table.label) == {"carrying", "trash_map", "reward", "target_dir"} and set(table.step) == {512}
+    assert out.with_name("cli.directions.safetensors").exists() and out.with_name("cli.directions.json").exists()
+    bad = CliRunner().invoke(app, ["probe", str(tiny_run), "--labels", "carying", "--out", str(tmp_path / "x.pq")])
+    assert bad.exit_code != 0 and "carrying" in str(bad.exception)
+    assert not (tmp_path / "x.pq").exists()
