@@ -151,21 +151,9 @@ def random_init_dataset(dataset, hooks: list[str], seed: int = 0):
 
 
 # ---------------------------------------------------------------------------------------------- one hook
-def score_hook(
-    acts: Tensor,
-    hook: str,
-    targets: list[Target],
-    split: Split,
-    *,
-    seed: int = 0,
-    device: str = "cpu",
-    precision: str = "auto",
-    n_boot: int = 200,
-    with_controls: bool = True,
-) -> list[ProbeScore]:
-    """All targets' probes on one hook's activations [n, *shape]: `score_stack` of one design."""
-    return score_stack([acts], hook, targets, split, seed=seed, device=device, precision=precision, n_boot=n_boot,
-                       with_controls=with_controls)[0]  # fmt: skip
+def score_hook(acts: Tensor, hook: str, targets: list[Target], split: Split, **options) -> list[ProbeScore]:
+    """All targets' probes on one hook's activations [n, *shape]: `score_stack` of one design (same options)."""
+    return score_stack([acts], hook, targets, split, **options)[0]
 
 
 def score_stack(

@@ -86,3 +86,14 @@ def test_bad_input_is_one_clear_line(args, message):
 def test_eval_refuses_a_room_size_the_policy_cannot_read(tiny_run):
     result = run_cli("eval", str(tiny_run), "-o", "room_size=7", "--episodes", "2")
     assert result.returncode == 2 and "room_size" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bench_collect_and_probes_quick_json():
+    result = runner.invoke(app, ["bench", "--only", "collect", "--only", "probes", "--quick", "--json"])
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.output)
+    cnn = figures["collect"]["cnn"]
+    assert cnn["n_obs"] == 20_000 and cnn["obs_per_s"] > 0 and cnn["disk_bytes"] > 0 and cnn["hooks"] >= 4
+    probes = figures["probes"]["D=64"]
+    assert probes["ours_s"] > 0 and probes["speedup"] == pytest.approx(probes["sklearn_grid_s"] / probes["ours_s"], 0.1)
+    assert probes["max_metric_diff_points"] < 5  # same probes, same held-out metric

@@ -374,3 +374,22 @@ def test_cli_writes_table_and_directions(tiny_run, tmp_path):
     bad = CliRunner().invoke(app, ["probe", str(tiny_run), "--labels", "carying", "--out", str(tmp_path / "x.pq")])
     assert bad.exit_code != 0 and "carrying" in str(bad.exception)
     assert not (tmp_path / "x.pq").exists()
+
+
+def test_transformer_hooks_end_to_end():
+    from workbench.datasets import collect
+    from workbench.policies import build_policy, hook_shapes
+    from workbench.train import POLICIES
+
+    policy = build_policy(dict(POLICIES["transformer"], obs_shape=[3, 14, 14], n_actions=5))
+    shapes = hook_shapes(policy)
+    hooks = ["blocks.1.hook_resid_post", "blocks.0.attn.hook_pattern"]
+    assert probes.probe.default_hooks(list(shapes)) == [h for h in shapes if h.endswith(("hook_out", "resid_post"))]
+    ds = collect(policy, {"variant": "trash", "room_size": 5}, 1500, hooks=hooks, seed=2)
+    result = probes.fit_probes(ds, hooks, ["carrying", "trash_map", "target_dir", "return_to_go"], n_boot=20)
+    table = result.table
+    assert set(table.hook) == set(hooks) and (table.metric != "skipped").all()
+    assert {"logistic", "per_cell", "multinomial", "ridge"} == set(table.probe)  # no conv1x1: not a [C, G, G] hook
+    assert table.control_value[table.control == "random_init"].notna().all()
+    for d in result.directions:
+        assert d.weight.shape[-1] == int(np.prod(shapes[d.hook])) or d.weight.shape[-1] == shapes[d.hook][-1]

@@ -73,6 +73,8 @@ def run_benches(only: list[str] | None = None, quick: bool = False) -> dict:
         "env": lambda: bench_env(seconds=0.5 if quick else 3.0),
         "train": lambda: bench_throughput(seconds=0.5) if quick else bench_train(),
         "transformer": lambda: _transformer_forward(quick),
+        "collect": lambda: _collect(quick),
+        "probes": lambda: _probes(quick),
     }
     names = only or list(benches)
     unknown = [n for n in names if n not in benches]
@@ -90,6 +92,21 @@ def _transformer_forward(quick: bool) -> dict:
     from workbench.policies._bench import bench_transformer_forward
 
     return bench_transformer_forward(repeats=3 if quick else 20)
+
+
+def _collect(quick: bool) -> dict:
+    """Activation collection with every hook stored (issue 4): the CNN over 1M observations, the transformer 200k."""
+    from workbench.bench_collect import bench_collect
+
+    return {"cnn": bench_collect(20_000 if quick else 1_000_000, "cnn"),
+            "transformer": bench_collect(5_000 if quick else 200_000, "transformer")}  # fmt: skip
+
+
+def _probes(quick: bool) -> dict:
+    """Our batched probe sweep against the loop of scikit-learn fits (probes.bench)."""
+    from probes.bench import bench_probes
+
+    return bench_probes(n=3_000, dims=(64,), n_hooks=1) if quick else bench_probes()
 
 
 def _cpus() -> int:

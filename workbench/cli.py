@@ -96,7 +96,7 @@ def parse_options(pairs: list[str]) -> dict:
 @app.command()
 def bench(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
-    only: list[str] = typer.Option([], "--only", help="env (more with later issues); repeatable"),
+    only: list[str] = typer.Option([], "--only", help="env | train | transformer | collect | probes; repeatable"),
     quick: bool = typer.Option(False, help="short timings, for smoke tests"),
 ) -> None:
     """Measure our tools against the reference ones, side by side in one run.
