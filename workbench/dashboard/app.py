@@ -1,0 +1,136 @@
+"""The Dash app: `workbench dashboard RUN_DIR` serves one run directory's checkpoints and results.
+
+    from workbench.dashboard import create_app
+    app = create_app("runs/trash-cnn")
+    app.run(host="127.0.0.1", port=8050)
+
+The app reads only files under the run directory (see `paths`): the checkpoints, and whatever tables
+`workbench probe`, `workbench patch` and `workbench eval --out` wrote there. A background thread warms the caches
+at start (the last checkpoint's policy, an episode, its activations, the tables) and the header shows its progress;
+afterwards every callback is a cache lookup plus drawing a figure.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from dash import Dash, Input, Output, dcc, html
+
+from workbench.dashboard import data, views
+from workbench.dashboard.paths import run_root
+
+VIEWS = (
+    ("episode", "Episode player", views.episode_layout, views.episode_callbacks),
+    ("activations", "Activations", views.activation_layout, views.activation_callbacks),
+    ("probes", "Probes", views.probe_layout, views.probe_callbacks),
+    ("patching", "Patching & steering", views.patching_layout, views.patching_callbacks),
+    ("behaviour", "Behaviour", views.behaviour_layout, views.behaviour_callbacks),
+)
+
+
+class Warmup:
+    """Fills the caches in a background thread and reports how far it got."""
+
+    def __init__(self, run: data.Run):
+        self.run = run
+        self.done, self.total, self.what, self.error = 0, 1, "starting", None
+        self.thread = threading.Thread(target=self._work, name="dashboard-warmup", daemon=True)
+
+    def _tasks(self):
+        run, last = self.run, self.run.steps[-1]
+        yield "checkpoints", lambda: [data.hook_names(run, step) for step in run.steps]
+        yield "episode", lambda: data.episode(run, last, 0, "train")
+        yield "activations", lambda: data.activation(run, last, data.episode(run, last, 0, "train").obs[0],
+                                                     next(iter(data.hook_names(run, last))))  # fmt: skip
+        for table in run.tables("probes"):
+            yield f"probe table {table}", lambda t=table: (data.probe_tables(run, t), data.probe_directions(run, t))
+        for kind in ("patching", "behaviour"):
+            yield f"{kind} tables", lambda k=kind: data.read_table(run.root, run.tables(k))
+
+    def _work(self) -> None:
+        tasks = list(self._tasks())
+        self.total = len(tasks)
+        for i, (what, task) in enumerate(tasks):
+            self.what = what
+            try:
+                task()
+            except Exception as err:  # a damaged file shows in its view; the warm-up goes on
+                self.error = f"{what}: {err}"
+            self.done = i + 1
+        self.what = "ready"
+
+    def status(self) -> tuple[str, int, int]:
+        return self.what, self.done, self.total
+
+
+def create_app(run_dir: str | Path, warm: bool = True) -> Dash:
+    """The dashboard of one run directory (see the module docstring)."""
+    root = run_root(run_dir)
+    run = data.load_run(root)
+    if not run.steps:
+        from workbench.errors import CheckpointError
+
+        raise CheckpointError(f"{root} holds no committed checkpoint (no step-*.json): train first.")
+    app = Dash(
+        __name__,
+        title=f"workbench — {root.name}",
+        serve_locally=True,  # no CDN: the app works offline, like the report
+        assets_folder=str(Path(__file__).with_name("assets")),  # none: nothing but the components is served
+        suppress_callback_exceptions=True,  # views mount when their tab opens
+        update_title=None,
+    )
+    warmup = Warmup(run)
+    header = html.Div(
+        [
+            html.H2(f"reward-workbench — {root.name}", style={"margin": "0"}),
+            html.Div(
+                f"{run.arch} policy on {run.variant} · {len(run.steps)} checkpoints "
+                f"({run.steps[0]:,} … {run.steps[-1]:,} env-steps) · {root}",
+                style=views.NOTE,
+            ),
+            html.Div(
+                [
+                    html.Progress(id="warm-bar", max=1, value=0, style={"width": "200px"}),
+                    html.Span(id="warm-text", style={**views.NOTE, "marginLeft": "8px"}),
+                ]
+            ),  # fmt: skip
+            dcc.Interval(id="warm-tick", interval=400, max_intervals=600),
+        ],
+        style={"padding": "8px 12px", "borderBottom": "1px solid #ddd"},
+    )
+    tabs = dcc.Tabs(
+        [dcc.Tab(layout(run), label=label, value=name, id=f"tab-{name}") for name, label, layout, _ in VIEWS],
+        id="tabs",
+        value="episode",
+    )
+    app.layout = html.Div([header, tabs], style={"fontFamily": "sans-serif", "padding": "0 8px"})
+    for _, _, _, callbacks in VIEWS:
+        callbacks(app, run)
+
+    @app.callback(Output("warm-bar", "value"), Output("warm-bar", "max"), Output("warm-text", "children"),
+                  Output("warm-tick", "disabled"), Input("warm-tick", "n_intervals"))  # fmt: skip
+    def warm_progress(_):
+        what, done, total = warmup.status()
+        text = "caches ready" if done >= total and what == "ready" else f"warming caches: {what} ({done}/{total})"
+        if warmup.error:
+            text += f" — {warmup.error}"
+        return done, total, text, what == "ready"
+
+    if warm:
+        warmup.thread.start()
+    app.warmup = warmup
+    return app
+
+
+def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8050, debug: bool = False) -> None:
+    app = create_app(run_dir)
+    app.run(host=host, port=port, debug=debug)
+
+
+def wait_warm(app: Dash, timeout: float = 60.0) -> None:
+    """Block until the warm-up thread is done (tests and benchmarks)."""
+    deadline = time.monotonic() + timeout
+    while app.warmup.status()[0] != "ready" and time.monotonic() < deadline:
+        time.sleep(0.05)

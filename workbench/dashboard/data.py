@@ -1,0 +1,276 @@
+"""What the dashboard and the report compute from a run directory, each result cached.
+
+Caches are keyed by the resolved path and the mtime and size of the files read, so a table rewritten by a new
+`workbench probe` run is picked up on the next request while repeated requests cost a dictionary lookup.
+Episodes and activations are keyed by the checkpoint file's key as well.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from workbench.checkpoints import list_steps, read_json, read_run, step_stem
+from workbench.dashboard.paths import PathError, file_key, find_tables, safe_path
+from workbench.envs import ACTION_NAMES, EVENTS, BatchEnv, make_config
+from workbench.envs.config import DISTRIBUTIONS
+
+SCALAR_LABELS_HIDDEN = ("episode_id", "reward") + tuple(f"event_{e}" for e in EVENTS)
+
+
+def read_table(root: Path, relative_paths: list[str]) -> pd.DataFrame:
+    """The named tables under root, concatenated (each checked by `safe_path`); an empty frame for none."""
+    frames = [_parquet(*file_key(safe_path(root, rel))) for rel in relative_paths]
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0] if frames else pd.DataFrame()
+
+
+@functools.lru_cache(maxsize=64)
+def _parquet(path: str, mtime_ns: int, size: int) -> pd.DataFrame:
+    return pd.read_parquet(path)
+
+
+# ---------------------------------------------------------------------------------------------- the run
+@dataclass(frozen=True)
+class Run:
+    """A run directory as the dashboard sees it: run.json, committed steps and their evaluation metrics."""
+
+    root: Path
+    config: dict
+    steps: tuple[int, ...]
+    metrics: pd.DataFrame = field(compare=False, hash=False)
+
+    @property
+    def arch(self) -> str:
+        return self.config["policy"]["arch"]
+
+    @property
+    def variant(self) -> str:
+        return self.config["env"].get("variant", "trash")
+
+    def distributions(self) -> tuple[str, ...]:
+        return DISTRIBUTIONS.get(self.variant, ("train",))
+
+    def tables(self, kind: str) -> list[str]:
+        return _tables(self.root, _tree_key(self.root))[kind]
+
+    def table(self, kind: str) -> pd.DataFrame:
+        return read_table(self.root, self.tables(kind))
+
+
+def load_run(root: Path) -> Run:
+    steps = tuple(list_steps(root))
+    keys = tuple(file_key(root / f"{step_stem(s)}.json") for s in steps)
+    return _load_run(root, file_key(root / "run.json"), keys)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_run(root: Path, run_key: tuple, step_keys: tuple) -> Run:
+    config = read_run(root)
+    rows = [read_json(Path(key[0])) for key in step_keys]
+    metrics = pd.DataFrame(rows) if rows else pd.DataFrame({"step": []})
+    return Run(root, config, tuple(int(r["step"]) for r in rows), metrics)
+
+
+def _tree_key(root: Path) -> tuple:
+    """Changes when a parquet file under root is added, removed or rewritten (a cheap stat of each)."""
+    keys = []
+    for path in sorted(root.rglob("*.parquet")):
+        try:
+            keys.append(file_key(path))
+        except OSError:
+            continue
+    return tuple(keys)
+
+
+@functools.lru_cache(maxsize=8)
+def _tables(root: Path, tree_key: tuple) -> dict[str, list[str]]:
+    return find_tables(root)
+
+
+# ---------------------------------------------------------------------------------------------- policies
+def checkpoint_path(run: Run, step: int) -> Path:
+    if int(step) not in run.steps:
+        raise PathError(f"step {step} is not a checkpoint of this run: choose one of {list(run.steps)}.")
+    return safe_path(run.root, f"{step_stem(int(step))}.safetensors")
+
+
+def policy_at(run: Run, step: int):
+    return _policy(*file_key(checkpoint_path(run, step)))
+
+
+@functools.lru_cache(maxsize=16)
+def _policy(path: str, mtime_ns: int, size: int):
+    from workbench.checkpoints import load_policy
+
+    return load_policy(path)
+
+
+# ---------------------------------------------------------------------------------------------- episodes
+@dataclass
+class Episode:
+    """One rollout, frame by frame: obs[t] is what the policy saw before action t (the last frame: the terminal
+    observation); probs[t], value[t] its outputs there; reward[t] and events[t] the transition into frame t
+    (zero and none at t = 0); labels[t] the env's ground truth at frame t (None for the terminal frame)."""
+
+    obs: np.ndarray  # [T+1, 3, H, W] uint8
+    probs: np.ndarray  # [T+1, n_actions]
+    value: np.ndarray  # [T+1]
+    actions: np.ndarray  # [T]
+    reward: np.ndarray  # [T+1]
+    events: list[list[str]]
+    labels: list[dict | None]
+
+    def __len__(self) -> int:
+        return len(self.obs)
+
+
+def episode(run: Run, step: int, seed: int = 0, distribution: str = "train") -> Episode:
+    if distribution not in run.distributions():
+        raise PathError(f"distribution {distribution!r} is not one of {list(run.distributions())} for this run.")
+    return _episode(file_key(checkpoint_path(run, step)), _env_key(run.config["env"], distribution), int(seed))
+
+
+def _env_key(env: dict, distribution: str) -> tuple:
+    return tuple(sorted({**env, "distribution": distribution}.items()))
+
+
+@functools.lru_cache(maxsize=32)
+@torch.no_grad()
+def _episode(ckpt_key: tuple, env_key: tuple, seed: int) -> Episode:
+    policy = _policy(*ckpt_key)
+    env = BatchEnv(make_config(**dict(env_key)), n_envs=1, seed=seed)
+    rng = np.random.default_rng(seed)
+    obs, probs, values, actions, rewards, events, labels = [], [], [], [], [0.0], [[]], []
+    current = env.state.obs.copy()
+    while True:
+        logits, value = policy(torch.as_tensor(current))
+        p = torch.softmax(logits.float(), -1)[0].numpy().astype(np.float64)
+        obs.append(current[0])
+        probs.append(p)
+        values.append(float(value[0]))
+        labels.append(_scalar_labels(env.labels()))
+        action = int(rng.choice(len(p), p=p / p.sum()))
+        actions.append(action)
+        current, reward, terminated, truncated, info = env.step(np.array([action]))
+        rewards.append(float(reward[0]))
+        events.append([name for name in EVENTS if info[name][0]])
+        if terminated[0] or truncated[0]:
+            last = info["terminal_obs"]
+            logits, value = policy(torch.as_tensor(last))
+            obs.append(last[0])
+            probs.append(torch.softmax(logits.float(), -1)[0].numpy().astype(np.float64))
+            values.append(float(value[0]))
+            labels.append(None)
+            break
+    return Episode(np.stack(obs), np.stack(probs), np.array(values), np.array(actions), np.array(rewards), events,
+                   labels)  # fmt: skip
+
+
+def _scalar_labels(labels: dict[str, np.ndarray]) -> dict:
+    """The per-step scalar labels of env 0 (maps and bookkeeping left out), as plain Python values."""
+    out = {}
+    for name, value in labels.items():
+        if name in SCALAR_LABELS_HIDDEN or value.ndim != 1:
+            continue
+        item = value[0].item()
+        out[name] = round(item, 4) if isinstance(item, float) else item
+    return out
+
+
+def action_names(n: int) -> list[str]:
+    return list(ACTION_NAMES[:n]) + [str(i) for i in range(len(ACTION_NAMES), n)]
+
+
+# ---------------------------------------------------------------------------------------------- activations
+def hook_names(run: Run, step: int) -> dict[str, tuple[int, ...]]:
+    return _hook_shapes(file_key(checkpoint_path(run, step)))
+
+
+@functools.lru_cache(maxsize=16)
+def _hook_shapes(ckpt_key: tuple) -> dict[str, tuple[int, ...]]:
+    from workbench.policies import hook_shapes
+
+    return hook_shapes(_policy(*ckpt_key))
+
+
+def activation(run: Run, step: int, obs: np.ndarray, hook: str) -> np.ndarray:
+    """The activation of `hook` (batch dim dropped) of checkpoint `step` on one observation [3, H, W]."""
+    shapes = hook_names(run, step)
+    if hook not in shapes:
+        raise PathError(f"{hook!r} is not a hook of this policy: choose one of {', '.join(shapes)}.")
+    return _activations(file_key(checkpoint_path(run, step)), np.ascontiguousarray(obs).tobytes(), obs.shape)[hook]
+
+
+@functools.lru_cache(maxsize=64)
+@torch.no_grad()
+def _activations(ckpt_key: tuple, obs_bytes: bytes, shape: tuple) -> dict[str, np.ndarray]:
+    policy = _policy(*ckpt_key)
+    obs = torch.frombuffer(bytearray(obs_bytes), dtype=torch.uint8).reshape(1, *shape)
+    _, cache = policy.run_with_cache(obs)
+    return {name: cache[name][0].float().numpy() for name in cache.keys()}
+
+
+# ---------------------------------------------------------------------------------------------- probes
+def probe_directions(run: Run, table: str):
+    """The directions saved beside a probe table (empty when none are)."""
+    from probes.directions import paths
+
+    table_path = safe_path(run.root, table)
+    tensors, index = paths(table_path)
+    if not (tensors.is_file() and index.is_file()):
+        return []
+    safe_path(run.root, tensors.relative_to(run.root).as_posix())  # the directions must lie inside too
+    return _directions(str(table_path), file_key(tensors), file_key(index))
+
+
+@functools.lru_cache(maxsize=8)
+def _directions(table_path: str, tensors_key: tuple, index_key: tuple):
+    from probes import load_directions
+
+    return load_directions(table_path)
+
+
+def find_direction(directions, step: int, hook: str, label: str, probe: str | None = None):
+    """The direction of (step, hook, label), of `probe` where there is one (per_cell and conv1x1 both read maps)."""
+    matches = [d for d in directions if d.step == step and d.hook == hook and d.label == label]
+    matches.sort(key=lambda d: d.probe != probe)
+    return matches[0] if matches else None
+
+
+PRIMARY_METRIC = {"regression": "r2", "binary": "auroc", "multiclass": "balanced_accuracy", "map": "auroc"}
+
+
+def probe_scores(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per (run, step, hook, label, probe, metric, control) of the primary metric of each probe kind."""
+    if table.empty:
+        return table
+    fitted = table[table["metric"] != "skipped"]
+    primary = fitted["kind"].map(PRIMARY_METRIC)
+    chosen = fitted[(fitted["metric"] == primary) | primary.isna()]
+    return chosen if not chosen.empty else fitted
+
+
+def best_probes(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (step, hook, label): the row of the probe with the highest selectivity (its primary metric)."""
+    scores = probe_scores(table)
+    if scores.empty:
+        return scores
+    one_per_probe = scores.drop_duplicates(["step", "hook", "label", "probe", "metric"])
+    order = one_per_probe.sort_values("selectivity", ascending=False, na_position="last")
+    return order.drop_duplicates(["step", "hook", "label"]).reset_index(drop=True)
+
+
+def probe_tables(run: Run, table: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(primary-metric scores, best probe per step x hook x label) of one probe table, cached."""
+    return _probe_tables(*file_key(safe_path(run.root, table)))
+
+
+@functools.lru_cache(maxsize=16)
+def _probe_tables(path: str, mtime_ns: int, size: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    frame = _parquet(path, mtime_ns, size)
+    return probe_scores(frame), best_probes(frame)
