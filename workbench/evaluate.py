@@ -1,53 +1,86 @@
 """Roll a policy out on fresh episodes, batched, and summarise what it did.
 
 Evaluation samples actions from the policy by default (argmax behaviour of small PPO policies lags far
-behind; both figures are reported)."""
+behind; both figures are reported). The policy is a hooked torch module (it reads the pixels) or a scripted
+policy from `workbench.behaviour` (a function ``(state, config, rng) -> actions`` that reads the env state)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from workbench.envs import BatchEnv, make_config
-from workbench.envs.core import EVENTS
+from workbench.envs import BatchEnv, EnvConfig, make_config
+from workbench.envs.core import EVENTS, MOVES
+from workbench.errors import ConfigError
 
 EPISODE_EVENTS = ("picked", "deposited", "button_pressed", "goal_reached", "decoy_reached", "task_complete")
+
+
+def check_policy_fits(policy, cfg: EnvConfig) -> None:
+    """Raise ConfigError unless the policy reads the observations of `cfg`'s rooms (scripted policies read any)."""
+    shape = getattr(policy, "obs_shape", None)
+    if shape is not None and tuple(cfg.obs_shape) != tuple(shape):
+        raise ConfigError(
+            f"the policy reads observations of shape {list(shape)} but {cfg.variant} rooms of size "
+            f"{cfg.room_size} give {list(cfg.obs_shape)}: pass -o room_size=<the training room size>."
+        )
 
 
 @torch.no_grad()
 def rollout_episodes(policy, env_config, episodes: int, seed: int = 12345, deterministic: bool = False) -> dict:
     """Play `episodes` episodes in parallel (one per env, the first episode of each) and return per-episode
-    arrays: return, length, and the count of every task event."""
-    from workbench.errors import ConfigError
-
-    if not isinstance(episodes, int) or episodes < 1:
+    arrays: return, length, the count of every task event, ``first_<event>`` (the step, 1-based, at which the
+    event first happened; 0: never), ``visited`` (distinct interior cells the agent stood on, the start and the
+    last cell included), and ``start``: a copy of the batch's `EnvState` at the start of the episodes."""
+    if not isinstance(episodes, int | np.integer) or isinstance(episodes, bool) or episodes < 1:
         raise ConfigError(f"episodes={episodes!r}: evaluate at least 1 episode.")
     cfg = make_config(env_config) if not isinstance(env_config, dict) else make_config(**env_config)
+    check_policy_fits(policy, cfg)
+    episodes = int(episodes)
     env = BatchEnv(cfg, n_envs=episodes, seed=seed)
-    device = next(policy.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
+    scripted = not isinstance(policy, torch.nn.Module)
+    rng = np.random.default_rng(seed)
+    if not scripted:
+        device = next(policy.parameters()).device
+        generator = torch.Generator(device=device).manual_seed(seed)
     obs = env.state.obs.copy()
     finished = np.zeros(episodes, dtype=bool)
-    out = {"return": np.zeros(episodes), "length": np.zeros(episodes, dtype=np.int64)}
+    rows = np.arange(episodes)
+    visited = np.zeros((episodes, cfg.grid_size, cfg.grid_size), dtype=bool)
+    visited[rows, env.state.agent[:, 0], env.state.agent[:, 1]] = True
+    out = {"return": np.zeros(episodes), "length": np.zeros(episodes, dtype=np.int64), "start": env.state.copy()}
     out.update({name: np.zeros(episodes, dtype=np.int64) for name in EVENTS})
-    was_training = policy.training
-    policy.eval()
+    out.update({f"first_{name}": np.zeros(episodes, dtype=np.int64) for name in EVENTS})
+    was_training = getattr(policy, "training", False)
+    if not scripted:
+        policy.eval()
     try:
         while not finished.all():
-            logits, _ = policy(torch.as_tensor(obs, device=device))
-            if deterministic:
-                actions = logits.argmax(-1)
+            if scripted:
+                actions = np.asarray(policy(env.state, cfg, rng))
             else:
-                actions = torch.multinomial(torch.softmax(logits.float(), -1), 1, generator=generator)[:, 0]
-            obs, reward, terminated, truncated, info = env.step(actions.cpu().numpy())
+                logits, _ = policy(torch.as_tensor(obs, device=device))
+                if deterministic:
+                    actions = logits.argmax(-1)
+                else:
+                    actions = torch.multinomial(torch.softmax(logits.float(), -1), 1, generator=generator)[:, 0]
+                actions = actions.cpu().numpy()
+            # Where each agent ends up, computed before the step (a finished env is reset by it).
+            cell = np.clip(env.state.agent + MOVES[actions], 1, cfg.room_size)
+            obs, reward, terminated, truncated, info = env.step(actions)
             live = ~finished
+            visited[rows[live], cell[live, 0], cell[live, 1]] = True
             out["return"][live] += reward[live]
             out["length"][live] += 1
             for name in EVENTS:
                 out[name][live] += info[name][live]
+                first = live & info[name] & (out[f"first_{name}"] == 0)
+                out[f"first_{name}"][first] = out["length"][first]
             finished |= terminated | truncated
     finally:
-        policy.train(was_training)
+        if not scripted:
+            policy.train(was_training)
+    out["visited"] = visited.sum((1, 2))
     return out
 
 
