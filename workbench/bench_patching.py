@@ -33,8 +33,9 @@ class TLView(nn.Module):
         super().__init__()
         self.policy, self.hook = policy, hook
         device = next(policy.parameters()).device
-        self.cfg = SimpleNamespace(device=device, n_layers=1, n_heads=getattr(policy, "n_heads", 1),
-                                   n_key_value_heads=None)  # fmt: skip
+        self.cfg = SimpleNamespace(
+            device=device, n_layers=1, n_heads=getattr(policy, "n_heads", 1), n_key_value_heads=None
+        )
         self.eval()
 
     def run_with_hooks(self, obs, fwd_hooks=()):
@@ -70,8 +71,10 @@ def tl_patch(policy, clean_obs, corrupt_obs, hook: str, per: str | None = None, 
     shape = tuple(clean_act.shape[1:])
     _, axes = site_axes(hook, shape, per)
     site_arr = check_sites(sites, shape, axes, hook)
-    index_df = pd.DataFrame(np.concatenate([np.zeros((len(site_arr), 1), np.int64), site_arr], axis=1),
-                            columns=["layer", *[f"axis{a}" for a in axes]])  # fmt: skip
+    index_df = pd.DataFrame(
+        np.concatenate([np.zeros((len(site_arr), 1), np.int64), site_arr], axis=1),
+        columns=["layer", *[f"axis{a}" for a in axes]],
+    )
 
     def setter(corrupted, index, clean_activation):
         where = [slice(None)] * corrupted.ndim
@@ -84,8 +87,9 @@ def tl_patch(policy, clean_obs, corrupt_obs, hook: str, per: str | None = None, 
     n_out = policy.n_actions + 1
     metrics = {f"out{j}": (lambda out, j=j: out[:, j]) for j in range(n_out)}
     with _quiet_tqdm():
-        result = generic_activation_patch(view, corrupt, {ALIAS_NAME: clean_act}, metrics, setter, ALIAS,
-                                          index_df=index_df, reduce="none")  # fmt: skip
+        result = generic_activation_patch(
+            view, corrupt, {ALIAS_NAME: clean_act}, metrics, setter, ALIAS, index_df=index_df, reduce="none"
+        )
     values = result.values  # [metric, S, B]
     return values[: policy.n_actions].permute(1, 2, 0).contiguous(), values[policy.n_actions]
 
@@ -132,8 +136,10 @@ def bench_patching(quick: bool = False) -> dict:
         fns["ours"]()  # warm-up
         best, outs = _best_interleaved(fns, repeats)
         tl_logits, tl_value = outs["tl"]
-        diff = max(max((outs[k].logits - tl_logits).abs().max().item(), (outs[k].value - tl_value).abs().max().item())
-                   for k in ("ours", "ours_cut"))  # fmt: skip
+        diff = max(
+            max((outs[k].logits - tl_logits).abs().max().item(), (outs[k].value - tl_value).abs().max().item())
+            for k in ("ours", "ours_cut")
+        )
         out[name] = {
             "hook": hook,
             "per": per,

@@ -207,8 +207,11 @@ def _patched_cut(policy, corrupt: Tensor, hook: str, axes, sites: Tensor, source
             act = act.view(n, n_pairs, *shape)
             return torch.where(mask, source.unsqueeze(0), act).reshape(n * n_pairs, *shape)
 
-        hooks = [(hook, lambda act, hook, e=expand, p=put: p(e(act, hook), hook))] if cut == hook else [
-            (cut, expand), (hook, put)]  # fmt: skip
+        hooks = (
+            [(hook, lambda act, hook, e=expand, p=put: p(e(act, hook), hook))]
+            if cut == hook
+            else [(cut, expand), (hook, put)]
+        )
         out_logits, out_value = policy.run_with_hooks(corrupt, fwd_hooks=hooks)
         logits.append(out_logits.view(n, n_pairs, -1))
         values.append(out_value.view(n, n_pairs))
@@ -313,11 +316,13 @@ class PatchResult:
         gap = clean_ld - corrupt_ld
         refs = {
             "logit_diff": (clean_ld.mean(), corrupt_ld.mean()),
-            "p_clean": (self.clean_logits.softmax(-1).max(-1).values.mean(),
-                        self.corrupt_logits.softmax(-1).gather(-1, self.actions()[0][:, None]).mean()),
+            "p_clean": (
+                self.clean_logits.softmax(-1).max(-1).values.mean(),
+                self.corrupt_logits.softmax(-1).gather(-1, self.actions()[0][:, None]).mean(),
+            ),
             "value_change": (self.clean_value.mean() - self.corrupt_value.mean(), torch.tensor(0.0)),
             "normalised_effect": (torch.tensor(1.0), torch.tensor(0.0)),
-        }  # fmt: skip
+        }
         frames = []
         for source in ("clean", "noise") if self.noise_logits is not None else ("clean",):
             metrics = self.metrics(source)
@@ -384,12 +389,26 @@ def patch_sweep(
         noise_logits, noise_value = run(source[derangement(n_pairs, seed)])
     kind = hook_kind(hook, shape)
     names = tuple(AXIS_NAMES[kind][a] for a in axes)
-    return PatchResult(hook, per, names, site_arr, logits, value, clean_logits, clean_value, corrupt_logits,
-                       corrupt_value, method, noise_logits, noise_value)  # fmt: skip
+    return PatchResult(
+        hook,
+        per,
+        names,
+        site_arr,
+        logits,
+        value,
+        clean_logits,
+        clean_value,
+        corrupt_logits,
+        corrupt_value,
+        method,
+        noise_logits,
+        noise_value,
+    )
 
 
-def patch(policy, pairs, hooks: Sequence[str], per: str | None = None, noise: bool = True, n_boot: int = 1000,
-          seed: int = 0) -> pd.DataFrame:  # fmt: skip
+def patch(
+    policy, pairs, hooks: Sequence[str], per: str | None = None, noise: bool = True, n_boot: int = 1000, seed: int = 0
+) -> pd.DataFrame:
     """`patch_sweep` over several hooks of one set of `ContrastPairs`: one tidy table (with the factor)."""
     if isinstance(hooks, str):
         hooks = [hooks]
