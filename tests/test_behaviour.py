@@ -240,8 +240,11 @@ def test_named_button_regimes_train_as_documented():
 # ---------------------------------------------------------------------------------------------- bad input
 def test_bad_input_raises_clear_errors(runs):
     policy, info = load_subject(runs[0])
-    with pytest.raises(ConfigError, match="room_size"):
+    with pytest.raises(ConfigError, match="room_size=5"):
         choice_test(policy, make_config("button", room_size=7), episodes=10)
+    policy.obs_shape = (3, 7, 7)  # as a policy of another environment (MiniGrid) would read
+    with pytest.raises(ConfigError, match="no workbench room gives that observation format"):
+        choice_test(policy, BUTTON5, episodes=10)
     with pytest.raises(ConfigError, match="at least 1 episode"):
         choice_test(scripted_policy("button"), BUTTON5, episodes=0)
     with pytest.raises(ConfigError, match="choice test runs on Button"):

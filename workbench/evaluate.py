@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from workbench.envs import BatchEnv, EnvConfig, make_config
+from workbench.envs.config import MAX_ROOM, MIN_ROOM
 from workbench.envs.core import EVENTS, MOVES
 from workbench.errors import ConfigError
 
@@ -19,11 +20,18 @@ EPISODE_EVENTS = ("picked", "deposited", "button_pressed", "goal_reached", "deco
 def check_policy_fits(policy, cfg: EnvConfig) -> None:
     """Raise ConfigError unless the policy reads the observations of `cfg`'s rooms (scripted policies read any)."""
     shape = getattr(policy, "obs_shape", None)
-    if shape is not None and tuple(cfg.obs_shape) != tuple(shape):
-        raise ConfigError(
-            f"the policy reads observations of shape {list(shape)} but {cfg.variant} rooms of size "
-            f"{cfg.room_size} give {list(cfg.obs_shape)}: pass -o room_size=<the training room size>."
-        )
+    if shape is None or tuple(cfg.obs_shape) == tuple(shape):
+        return
+    fits = [s for s in range(MIN_ROOM, MAX_ROOM + 1) if make_config(cfg, room_size=s).obs_shape == tuple(shape)]
+    fix = (
+        f"pass -o room_size={fits[0]} (the training room size)"
+        if fits
+        else "no workbench room gives that observation format: the policy was trained on another environment"
+    )
+    raise ConfigError(
+        f"the policy reads observations of shape {list(shape)} but {cfg.variant} rooms of size "
+        f"{cfg.room_size} give {list(cfg.obs_shape)}: {fix}."
+    )
 
 
 @torch.no_grad()
