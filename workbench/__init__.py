@@ -3,7 +3,7 @@
 from workbench.errors import ActionError, CheckpointError, ConfigError, WorkbenchError
 
 __version__ = "0.1.0"
-__all__ = ["ActionError", "CheckpointError", "ConfigError", "WorkbenchError", "__version__", "load_policy"]
+__all__ = ["ActionError", "CheckpointError", "ConfigError", "WorkbenchError", "__version__", "hook", "load_policy"]
 
 
 def __getattr__(name: str):
@@ -12,4 +12,8 @@ def __getattr__(name: str):
         from workbench.checkpoints import load_policy
 
         return load_policy
+    if name == "hook":
+        from workbench.hooked import hook
+
+        return hook
     raise AttributeError(f"module 'workbench' has no attribute {name!r}")

@@ -208,7 +208,8 @@ def collect(
     """
     policy = _as_policy(policy)
     cfg = _env_config(env, policy)
-    _check_obs_shape(policy, cfg.obs_shape, f"the env (room_size {cfg.room_size})")
+    where = f"room_size {cfg.room_size}" if isinstance(cfg, EnvConfig) else f"{cfg.env_id}, obs {cfg.obs!r}"
+    _check_obs_shape(policy, cfg.obs_shape, f"the env ({where})")
     n_steps = _positive_int("n_steps", n_steps)
     n_envs = _positive_int("n_envs", n_envs)
     shard_size = _positive_int("shard_size", shard_size)
@@ -225,7 +226,7 @@ def collect(
 
 def _collect(policy, cfg: EnvConfig, n_steps, shapes, seed, n_envs, folder, shard_size, gamma, reward_k,
              storage_dtype, deterministic, progress) -> ActivationDataset:  # fmt: skip
-    env = BatchEnv(cfg, n_envs=n_envs, seed=seed)
+    env = _batch_env(cfg, n_envs, seed)
     device = next(policy.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     first = env.labels()
@@ -694,20 +695,51 @@ def _read_labels(path: Path, rows: int) -> pd.DataFrame:
 
 # ---------------------------------------------------------------------------------------------- arguments
 def _as_policy(policy):
+    """A policy under the workbench contract: ours, a hooked SB3 policy, or a checkpoint path for load_policy; an
+    SB3 algorithm or policy is hooked on the way (workbench.hook)."""
+    from workbench.hooked import SB3PolicyView, hook
     from workbench.policies import HookedPolicy
 
     if isinstance(policy, str | Path):
         from workbench.checkpoints import load_policy
 
         return load_policy(policy)
-    if not isinstance(policy, HookedPolicy):
+    if isinstance(policy, HookedPolicy | SB3PolicyView):
+        return policy
+    if hasattr(policy, "policy") or hasattr(policy, "action_net"):
+        view = hook(policy)
+        if isinstance(view, SB3PolicyView):
+            return view
+    raise ConfigError(
+        f"policy must be a workbench policy, an SB3 actor-critic (algorithm or policy; see workbench.hook) or a "
+        f"checkpoint path for load_policy, not {type(policy).__name__}."
+    )
+
+
+def _batch_env(cfg, n_envs: int, seed: int):
+    if isinstance(cfg, EnvConfig):
+        return BatchEnv(cfg, n_envs=n_envs, seed=seed)
+    from workbench.minigrid_world import MiniGridBatch
+
+    return MiniGridBatch(cfg, n_envs=n_envs, seed=seed)
+
+
+def _env_config(env, policy):
+    """Our env (variant name, EnvConfig, dict of options) or a MiniGrid one (an id 'MiniGrid-…', a MiniGridConfig,
+    or a dict with world='minigrid'); None: the policy's training env from its run.json."""
+    from workbench.minigrid_world import MiniGridConfig, minigrid_config
+
+    if isinstance(env, MiniGridConfig):
+        return env
+    if isinstance(env, str) and env.startswith(("MiniGrid-", "BabyAI-")):
+        return minigrid_config(env)
+    if isinstance(env, dict) and env.get("world") == "minigrid":
+        return minigrid_config(**env)
+    if isinstance(env, dict) and "world" in env:
         raise ConfigError(
-            f"policy must be a workbench HookedPolicy or a checkpoint path for load_policy, not {type(policy)}."
+            f"the env {env} is not one the workbench can build (an imported policy whose env was not given?): "
+            "pass env, e.g. 'MiniGrid-Empty-5x5-v0' or 'trash'."
         )
-    return policy
-
-
-def _env_config(env, policy) -> EnvConfig:
     if env is None:
         run = getattr(policy, "run", None)
         if not isinstance(run, dict) or not isinstance(run.get("env"), dict):
@@ -715,7 +747,7 @@ def _env_config(env, policy) -> EnvConfig:
                 "env=None means the policy's training env, but this policy has no run attached (it was not "
                 "loaded with load_policy): pass env, e.g. 'trash' or {'variant': 'trash', 'room_size': 7}."
             )
-        return make_config(**run["env"])
+        return _env_config(run["env"], None)
     if isinstance(env, dict):
         return make_config(**env)
     if isinstance(env, EnvConfig | str):
@@ -725,6 +757,11 @@ def _env_config(env, policy) -> EnvConfig:
 
 def _check_obs_shape(policy, obs_shape, what: str) -> None:
     if tuple(policy.obs_shape) != tuple(obs_shape):
+        from workbench.policies import HookedPolicy
+
+        if not isinstance(policy, HookedPolicy):
+            raise ConfigError(f"the policy reads observations {list(policy.obs_shape)}, but {what} gives "
+                              f"{list(obs_shape)}: pass the env (and observation kind) it was trained on.")  # fmt: skip
         room = policy.obs_shape[1] // 2 - 2
         raise ConfigError(
             f"the policy was built for observations {list(policy.obs_shape)} (room_size {room}), but {what} gives "

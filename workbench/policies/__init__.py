@@ -29,8 +29,12 @@ def build_policy(config: dict[str, Any]) -> HookedPolicy:
     """A fresh policy from a `config()` dict (as stored in run.json); load a state_dict into it for weights."""
     config = dict(config)
     arch = config.pop("arch", None)
+    if arch == "sb3":  # a stable-baselines3 policy under the same contract (workbench.hooked.SB3PolicyView)
+        from workbench.sb3_import import build_sb3_policy
+
+        return build_sb3_policy({"arch": arch, **config})
     if arch not in ARCHS:
-        raise unknown_name("policy arch", arch, ARCHS)
+        raise unknown_name("policy arch", arch, [*ARCHS, "sb3"])
     cls = ARCHS[arch]
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
     unexpected = sorted(set(config) - accepted)

@@ -1,0 +1,236 @@
+"""`workbench.hook(model)`: open any policy with the workbench's hook API, without copying or changing it.
+
+    view = workbench.hook(sb3_algorithm)          # or an SB3 policy, or any torch nn.Module
+    list(view.hook_dict)                          # module paths: 'features_extractor.cnn.0', 'action_net', ...
+    (logits, value), cache = view.run_with_cache(obs)
+    cache["mlp_extractor.policy_net.1"]
+
+The view is a TransformerLens `HookedRootModule` with a `HookPoint` on the output of every submodule, named by the
+submodule's path (`model.get_submodule(name)` finds it). A submodule returning a tuple, list or dict of tensors
+gets one hook per tensor: `<path>.0`, `<path>.1`, `<path>.<key>`. The model is the view's only child, so the view
+shares its parameters (same tensors: training one trains the other) and `.to()`, `.eval()` act on the model.
+
+How: one forward hook per submodule, registered on the model when the view is made. It passes the output through
+the HookPoint only while the view itself is running and only when something (a hook function, a cache) is attached
+to that HookPoint; called directly, the model computes exactly what it computed before, and through the view an
+unwatched submodule costs one Python call. `view.detach()` removes the forward hooks.
+
+For a stable-baselines3 ActorCriticPolicy with discrete actions (or an algorithm holding one) the view follows the
+workbench policy contract (`workbench.policies.base`): `view(obs) -> (logits [B, n_actions], value [B])`, with
+`hook_obs` (the preprocessed observation), `hook_logits` and `hook_value` beside the module paths, `obs_shape`,
+`n_actions` and `config()`, so collection, probes, patching and steering take it as they take our own policies.
+Observations are given as the policy's observation space holds them (uint8 images channel-first, as SB3's
+VecTransposeImage hands them over); SB3's own preprocessing (scaling images by 1/255) runs inside.
+"""
+
+from __future__ import annotations
+
+import weakref
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformer_lens import ActivationCache, HookedRootModule
+from transformer_lens.hook_points import HookPoint
+
+from workbench.errors import ConfigError
+
+
+def hook(model: Any, example_input: Any = None) -> ModuleView:
+    """A hooked view of an SB3 algorithm or policy, or of any nn.Module (see the module docstring).
+
+    example_input: for a plain module, one input to run once so that hooks on tuple- or dict-valued submodule
+    outputs (`<path>.0`, ...) exist before the first real run; SB3 policies make their own from the spaces."""
+    policy = getattr(model, "policy", None)
+    if isinstance(policy, nn.Module) and _is_sb3_policy(policy):  # an SB3 algorithm (PPO, A2C, ...)
+        model = policy
+    if not isinstance(model, nn.Module):
+        raise ConfigError(
+            f"workbench.hook takes a torch nn.Module, an SB3 policy or an SB3 algorithm, not {type(model).__name__}."
+        )
+    if isinstance(model, ModuleView):
+        return model
+    if _is_sb3_policy(model):
+        return SB3PolicyView(model)
+    return ModuleView(model, example_input)
+
+
+def _is_sb3_policy(module: nn.Module) -> bool:
+    return all(hasattr(module, a) for a in ("observation_space", "action_space", "extract_features", "action_net"))
+
+
+class ModuleView(HookedRootModule):
+    """A HookPoint on every submodule's output of `module` (names = module paths); forward = the module's."""
+
+    def __init__(self, module: nn.Module, example_input: Any = None):
+        super().__init__()
+        self.model = module
+        self._running = 0  # > 0 while the view runs the model: the forward hooks act only then
+        self._handles = []
+        self._points: dict[str, HookPoint] = {}  # by module path; not children, so the model's names stay as they are
+        submodules = [(name, sub) for name, sub in module.named_modules() if name]
+        if not submodules:
+            raise ConfigError(f"{type(module).__name__} has no submodules, so there is nothing to hook.")
+        for name, sub in submodules:
+            self._handles.append(sub.register_forward_hook(_forward_hook(weakref.ref(self), name)))
+            self._points[name] = HookPoint()  # most outputs are one tensor; a run corrects the others (_through)
+            self._points[name].name = name
+        self._setup_points()
+        if example_input is not None:
+            with torch.no_grad():
+                self(*example_input) if isinstance(example_input, tuple) else self(example_input)
+
+    def setup(self) -> None:  # HookedRootModule.setup would set `.name` on every module of the model
+        self._setup_points()
+
+    def _setup_points(self) -> None:
+        own = {name: m for name, m in self.named_children() if isinstance(m, HookPoint)}
+        for name, point in own.items():
+            point.name = name
+        self.hook_dict = {**own, **self._points}
+        self.mod_dict = dict(self.hook_dict)
+
+    def _point(self, name: str) -> HookPoint:
+        point = self._points.get(name)
+        if point is None:  # first time this output (or this element of a tuple output) is seen
+            point = self._points[name] = HookPoint()
+            point.name = name
+            self._setup_points()
+        return point
+
+    def _through(self, name: str, output: Any) -> Any:
+        if isinstance(output, Tensor):
+            point = self._point(name)
+            return point(output) if point._forward_hooks or point._backward_hooks else None
+        if name in self._points and not isinstance(output, Tensor):  # not one tensor after all: hook its parts
+            del self._points[name]
+            self._setup_points()
+        if isinstance(output, tuple | list):
+            items = [self._through(f"{name}.{i}", x) for i, x in enumerate(output)]
+            if all(new is None for new in items):
+                return None
+            return type(output)(x if new is None else new for x, new in zip(output, items, strict=True))
+        if isinstance(output, dict):
+            items = {k: self._through(f"{name}.{k}", x) for k, x in output.items()}
+            if all(new is None for new in items.values()):
+                return None
+            return type(output)({k: x if items[k] is None else items[k] for k, x in output.items()})
+        return None  # distributions and other objects carry no hook
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        with self._watching():
+            return self.model(*args, **kwargs)
+
+    @contextmanager
+    def _watching(self):
+        self._running += 1
+        try:
+            yield
+        finally:
+            self._running -= 1
+
+    def run_with_cache(self, *model_args: Any, **kwargs: Any) -> tuple[Any, ActivationCache]:
+        """As TransformerLens' run_with_cache, but the cache is an `ActivationCache`, as on TL's own models."""
+        output, cache_dict = super().run_with_cache(*model_args, **kwargs)
+        return output, ActivationCache(cache_dict, self)
+
+    def detach(self) -> None:
+        """Remove the forward hooks from the model (the view stops working; the model is as it was)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+def _forward_hook(view_ref, name: str):
+    def fn(module, args, output):
+        view = view_ref()
+        if view is None or not view._running:
+            return None
+        return view._through(name, output)
+
+    return fn
+
+
+class SB3PolicyView(ModuleView):
+    """An SB3 ActorCriticPolicy with discrete actions, under the workbench policy contract (module docstring)."""
+
+    arch = "sb3"
+
+    def __init__(self, policy: nn.Module, spec: dict | None = None):
+        from gymnasium import spaces
+
+        if not isinstance(policy.action_space, spaces.Discrete):
+            raise ConfigError(
+                f"workbench.hook opens SB3 policies with discrete actions; this one has {policy.action_space}. "
+                "Hook it as a plain module instead: workbench.hook(policy.mlp_extractor) or similar."
+            )
+        super().__init__(policy)
+        self.hook_obs = HookPoint()
+        self.hook_logits = HookPoint()
+        self.hook_value = HookPoint()
+        self._setup_points()
+        self.obs_shape = tuple(int(d) for d in policy.observation_space.shape)
+        self.n_actions = int(policy.action_space.n)
+        self.spec = spec or {}
+        sample = torch.as_tensor(policy.observation_space.sample()[None]).to(_device(policy))
+        with torch.no_grad():
+            self(sample)  # creates the hooks of tuple outputs (mlp_extractor.0 / .1)
+
+    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        from stable_baselines3.common.preprocessing import preprocess_obs
+
+        policy = self.model
+        if tuple(obs.shape[1:]) != self.obs_shape:
+            raise ConfigError(
+                f"observations of shape {tuple(obs.shape)} do not fit this policy, built for "
+                f"[batch, {', '.join(map(str, self.obs_shape))}] (its observation space)."
+            )
+        with self._watching():
+            x = self.hook_obs(preprocess_obs(obs, policy.observation_space, policy.normalize_images).float())
+            if policy.share_features_extractor:
+                latent_pi, latent_vf = policy.mlp_extractor(policy.features_extractor(x))
+            else:
+                latent_pi = policy.mlp_extractor.forward_actor(policy.pi_features_extractor(x))
+                latent_vf = policy.mlp_extractor.forward_critic(policy.vf_features_extractor(x))
+            logits = self.hook_logits(policy.action_net(latent_pi))
+            value = self.hook_value(policy.value_net(latent_vf).squeeze(-1))
+        return logits, value
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
+        """Each tensor once: SB3 registers a shared features extractor under three names, which safetensors (rightly)
+        refuses to store three times. `load_state_dict` restores the other names."""
+        state = super().state_dict(*args, **kwargs)
+        prefix = kwargs.get("prefix", "")
+        for alias in self._aliases():
+            state.pop(prefix + alias, None)
+        return state
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        state = dict(state_dict)
+        for alias, name in self._aliases().items():
+            if alias not in state and name in state:
+                state[alias] = state[name]
+        return super().load_state_dict(state, strict=strict, assign=assign)
+
+    def _aliases(self) -> dict[str, str]:
+        """{second name: first name} for every parameter or buffer registered under more than one name."""
+        first, aliases = {}, {}
+        for name, tensor in [
+            *self.named_parameters(remove_duplicate=False),
+            *self.named_buffers(remove_duplicate=False),
+        ]:
+            aliases.update({name: first[id(tensor)]} if id(tensor) in first else {})
+            first.setdefault(id(tensor), name)
+        return aliases
+
+    def config(self) -> dict[str, Any]:
+        """What `workbench.policies.build_policy` needs to rebuild this policy (the import spec, `sb3_import`)."""
+        from workbench.sb3_import import policy_spec
+
+        spec = self.spec or policy_spec(self.model)
+        return {"arch": self.arch, "obs_shape": list(self.obs_shape), "n_actions": self.n_actions, "sb3": spec}
+
+
+def _device(module: nn.Module) -> torch.device:
+    return next(module.parameters(), torch.empty(0)).device
