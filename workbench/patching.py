@@ -28,7 +28,8 @@ Metrics per site and pair: `logit_diff` (the clean run's action logit minus the 
 `p_clean` (probability of the clean action), `value_change` (patched minus corrupted value), and per site
 `normalised_effect` = mean(patched - corrupted logit diff) / mean(clean - corrupted): 0 is the corrupted run, 1 the
 clean one. Intervals are percentile bootstraps over pairs. The noise baseline patches each pair's site from the
-clean run of a *different* pair: effects at or below it say nothing about the factor.
+corrupted run of a *different* pair (another room, the factor equally absent): how far any in-distribution content
+at that site moves the metrics. A site carries the factor where the clean patch's effect stands clear of it.
 """
 
 from __future__ import annotations
@@ -266,7 +267,7 @@ def _patched_linear(policy, hook: str, axes, sites: Tensor, source: Tensor, corr
 @dataclass
 class PatchResult:
     """Outputs of every patched run: `logits [S, B, A]`, `value [S, B]` for sites `sites [S, len(axes)]`, beside the
-    clean and corrupted runs' own outputs; `noise_*` the same sites patched from a different pair's clean run."""
+    clean and corrupted runs' own outputs; `noise_*` the same sites patched from a different pair's corrupted run."""
 
     hook: str
     per: str
@@ -359,7 +360,7 @@ def patch_sweep(
 
     per: site granularity (see GRANULARITIES; None: cell for maps, pos for tokens, head for attention, unit for
     vectors). sites: a subset as index tuples (None: all). method: auto | linear | cut (see the module docstring).
-    noise: also patch from a different pair's clean run (the baseline). seed: that pairing."""
+    noise: also patch from a different pair's corrupted run (the baseline). seed: that pairing."""
     check_hook(policy, hook)
     if method not in ("auto", "linear", "cut"):
         raise unknown_name("patching method", method, ("auto", "linear", "cut"))
@@ -386,7 +387,7 @@ def patch_sweep(
     logits, value = run(source)
     noise_logits = noise_value = None
     if noise and n_pairs > 1:
-        noise_logits, noise_value = run(source[derangement(n_pairs, seed)])
+        noise_logits, noise_value = run(corrupt_act[derangement(n_pairs, seed)])
     kind = hook_kind(hook, shape)
     names = tuple(AXIS_NAMES[kind][a] for a in axes)
     return PatchResult(
@@ -404,6 +405,15 @@ def patch_sweep(
         noise_logits,
         noise_value,
     )
+
+
+def default_patch_hooks(policy) -> list[str]:
+    """Every conv map and the fc layer of a CNN; every block's residual output and heads of a transformer."""
+    if policy.arch == "cnn":
+        pattern = r"^(conv\.\d+\.hook_out|fc\.hook_out)$"
+    else:
+        pattern = r"^blocks\.\d+\.(hook_resid_post|attn\.hook_z)$"
+    return [name for name in policy.hook_dict if re.match(pattern, name)]
 
 
 def patch(

@@ -265,7 +265,10 @@ def steered_rollouts(
 
     if not isinstance(episodes, int) or episodes < 1:
         raise ConfigError(f"episodes={episodes!r}: roll out at least 1 episode.")
-    cfg = policy_env(policy) if env_config is None else make_config(env_config)
+    if env_config is None:
+        cfg = policy_env(policy)
+    else:
+        cfg = make_config(**env_config) if isinstance(env_config, dict) else make_config(env_config)
     if tuple(cfg.obs_shape) != tuple(policy.obs_shape):
         raise PatchError(
             f"{cfg.variant} rooms of size {cfg.room_size} give observations {list(cfg.obs_shape)}, "
@@ -392,3 +395,49 @@ def steering_effects(
         "target_cell": None if target_cell is None else [int(v) for v in target_cell],
         "metrics": metrics,
     }
+
+
+def resolve_vector(policy, spec: str, hook: str | None = None, n: int = 256, seed: int = 0) -> SteeringVector:
+    """A vector from a command-line spec: a factor name (its contrast mean at `hook`), `trash-at:ROW,COL`, a saved
+    vector (`.safetensors` or `.json`), or probe directions `PROBES.parquet#LABEL` (`#LABEL@I` or `@ROW,COL` picks
+    an output of a multiclass or per-cell probe; the latest step's direction at `hook`, if given)."""
+    from workbench.contrast import FACTOR_ALIASES, FACTORS
+
+    spec = str(spec)
+    if spec.lower() in FACTORS or spec.lower() in FACTOR_ALIASES:
+        return contrast_vector(policy, spec, hook, n=n, seed=seed)
+    if spec.startswith("trash-at:"):
+        try:
+            cell = tuple(int(v) for v in spec.removeprefix("trash-at:").split(","))
+        except ValueError as err:
+            raise PatchError(f"{spec!r}: write trash-at:ROW,COL, e.g. trash-at:2,5.") from err
+        return trash_at_vector(policy, cell, hook, n=n, seed=seed)
+    if "#" in spec:
+        return _probe_vector(policy, spec, hook)
+    if Path(spec).suffix in (".safetensors", ".json") or _paths(spec)[0].exists():
+        vector = SteeringVector.load(spec)
+        if hook is not None and hook != vector.hook:
+            raise PatchError(f"{spec} was made at {vector.hook}, not {hook}: drop --hook or make it at {hook}.")
+        return vector
+    from workbench.contrast import FACTORS as names
+
+    raise PatchError(
+        f"vector {spec!r} is neither a factor ({', '.join(names)}), trash-at:ROW,COL, a saved vector "
+        "(.safetensors) nor probe directions (PROBES.parquet#LABEL)."
+    )
+
+
+def _probe_vector(policy, spec: str, hook: str | None) -> SteeringVector:
+    from probes import load_directions
+
+    path, _, label = spec.partition("#")
+    label, _, index = label.partition("@")
+    index = tuple(int(v) for v in index.split(",")) if index else None
+    found = [d for d in load_directions(path) if d.label == label and (hook is None or d.hook == hook)]
+    if not found:
+        raise PatchError(f"{path} holds no direction for label {label!r}" + (f" at {hook}" if hook else "") + ".")
+    hooks = sorted({d.hook for d in found})
+    if len(hooks) > 1:
+        raise PatchError(f"{path} has {label!r} directions at {', '.join(hooks)}: pick one with --hook.")
+    latest = max(found, key=lambda d: -1 if d.step is None else d.step)
+    return from_direction(latest, policy, index=index[0] if index and len(index) == 1 else index)
