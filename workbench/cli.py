@@ -496,5 +496,138 @@ def probe(
     console.print(f"wrote {out} ({len(table)} rows) and its directions beside it")
 
 
+def _split_names(values: list[str]) -> list[str]:
+    return [name.strip() for value in values for name in value.split(",") if name.strip()]
+
+
+@app.command("patch")
+def patch_cmd(
+    checkpoint: Path = typer.Argument(..., help="run directory or step-*.safetensors"),
+    factor: str = typer.Option(..., help="what the pairs differ in: trash | colour | button | goal | carrying"),
+    out: Path = typer.Option(..., help="table to write (parquet): one row per hook x site x source x metric"),
+    hooks: list[str] = typer.Option(
+        [], "--hooks", help="hook names, repeatable or comma-separated (default: conv maps and fc / resid_post and z)"
+    ),
+    per: str = typer.Option(None, help="site granularity: cell | channel | unit | pos | head | pos_head | all | ..."),
+    pairs: int = typer.Option(128, help="contrast pairs (rooms of the policy's own env, edited in one factor)"),
+    mode: str = typer.Option("remove", help="trash factor: remove the item or move it"),
+    seed: int = typer.Option(0, help="seed of the pairs, the noise pairing and the bootstrap"),
+) -> None:
+    """Activation patching: patch every site of each hook from the clean run (factor present) into the corrupted
+    run (factor absent), batched; logit difference, probability of the clean action, value change and normalised
+    effect with intervals over pairs, beside a noise baseline.
+
+    Example: workbench patch runs/trash-cnn --factor trash --hooks conv.1.hook_out,fc.hook_out --out patch.parquet
+    """
+    import io
+
+    from rich.table import Table
+
+    from workbench.checkpoints import load_policy
+    from workbench.contrast import contrast_pairs
+    from workbench.io import atomic_write_bytes
+    from workbench.patching import default_patch_hooks, patch
+    from workbench.steering import policy_env
+
+    policy = load_policy(checkpoint)
+    names = _split_names(hooks) or default_patch_hooks(policy)
+    contrast = contrast_pairs(factor, pairs, seed, config=policy_env(policy), mode=mode)
+    table = patch(policy, contrast, names, per=per, seed=seed)
+    buffer = io.BytesIO()
+    table.to_parquet(buffer, index=False)
+    atomic_write_bytes(out, buffer.getvalue())
+    effect = table[table.metric == "normalised_effect"]
+    view = Table(title=f"{contrast.factor}: top sites by normalised effect (0 corrupted, 1 clean) — {out}")
+    for column in ("hook", "site", "effect", "95% CI", "noise"):
+        view.add_column(column, justify="left" if column in ("hook", "site") else "right")
+    for hook in names:
+        rows = effect[(effect.hook == hook) & (effect.source == "clean")].sort_values("value", ascending=False)
+        noise = effect[(effect.hook == hook) & (effect.source == "noise")].set_index("site")["value"]
+        for row in rows.head(5).itertuples():
+            view.add_row(hook, row.site, f"{row.value:.3f}", f"[{row.ci_low:.3f}, {row.ci_high:.3f}]",
+                         f"{noise.get(row.site, float('nan')):.3f}")  # fmt: skip
+    Console().print(view)
+    console.print(f"wrote {out} ({len(table)} rows, {len(contrast)} pairs)")
+
+
+@app.command("steer")
+def steer_cmd(
+    checkpoint: Path = typer.Argument(..., help="run directory or step-*.safetensors"),
+    vector: str = typer.Option(
+        ...,
+        help="trash | colour | button | goal | carrying (contrast mean), trash-at:ROW,COL, a saved VECTOR.safetensors, "
+        "or PROBES.parquet#LABEL[@INDEX] (a probe direction)",
+    ),
+    coef: float = typer.Option(1.0, help="added coef x vector at the hook (negative subtracts)"),
+    episodes: int = typer.Option(200, help="rollout episodes, steered and unsteered (the same rooms)"),
+    hook: str = typer.Option(None, help="hook to steer (default: last conv map / the last block's resid_pre)"),
+    pairs: int = typer.Option(256, help="contrast pairs for a factor or trash-at vector"),
+    seed: int = typer.Option(12345, help="seed of the rollout episodes"),
+    deterministic: bool = typer.Option(False, "--deterministic", help="argmax actions instead of sampled"),
+    save: Path = typer.Option(None, help="also save the vector as <save>.safetensors + <save>.json"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Steer a policy with a vector during rollouts; deposit rate, steps to trash, retargeting success, ... steered
+    vs unsteered, with intervals over episodes.
+
+    Example: workbench steer runs/trash-cnn --vector trash --coef -1 --episodes 500 --json
+    """
+    from rich.table import Table
+
+    from workbench.checkpoints import load_policy
+    from workbench.steering import check_steering, resolve_vector, steering_effects
+
+    policy = load_policy(checkpoint)
+    steer_vector = resolve_vector(policy, vector, hook, n=pairs)
+    check_steering(policy, steer_vector, coef)
+    if save is not None:
+        steer_vector.save(save)
+    effects = steering_effects(policy, steer_vector, coef, episodes=episodes, seed=seed, deterministic=deterministic)
+    if as_json:
+        typer.echo(json.dumps(effects, indent=2))
+        return
+    view = Table(title=f"{steer_vector.name} x {coef:g} at {steer_vector.hook} — {episodes} episodes")
+    for column in ("metric", "unsteered", "steered", "difference [95% CI]"):
+        view.add_column(column, justify="left" if column == "metric" else "right")
+    for name, row in effects["metrics"].items():
+        low, high = row["difference_ci"]
+        view.add_row(name, f"{row['baseline']:.3f}", f"{row['steered']:.3f}",
+                     f"{row['difference']:+.3f} [{low:+.3f}, {high:+.3f}]")  # fmt: skip
+    Console().print(view)
+
+
+@app.command()
+def dashboard(
+    run_dir: Path = typer.Argument(..., help="run directory (run.json + checkpoints; tables written into it)"),
+    host: str = typer.Option("127.0.0.1", help="interface to listen on (0.0.0.0: every interface; be careful)"),
+    port: int = typer.Option(8050, help="port"),
+) -> None:
+    """Interactive dashboard of one run: episode player, activations, probes, patching and steering, behaviour.
+    It reads only files under RUN_DIR: the checkpoints and the tables `workbench probe/patch/eval --out` wrote there.
+
+    Example: workbench dashboard runs/trash-cnn --port 8050
+    """
+    from workbench.dashboard import serve
+
+    console.print(f"dashboard of {run_dir} on http://{host}:{port}/ (Ctrl-C stops it)")
+    serve(run_dir, host=host, port=port)
+
+
+@app.command()
+def report(
+    run_or_ckpt: Path = typer.Argument(..., help="run directory (its last checkpoint in focus) or step-*.safetensors"),
+    out: Path = typer.Option(Path("report.html"), help="HTML file to write (self-contained: works offline)"),
+) -> None:
+    """One self-contained HTML report with the dashboard's figures (plotly inlined, no CDN), to share.
+
+    Example: workbench report runs/trash-cnn --out report.html
+    """
+    from workbench.report import build_report
+
+    with console.status("report") as status:
+        path = build_report(run_or_ckpt, out, progress=lambda what: status.update(f"report: {what}"))
+    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
 if __name__ == "__main__":
     main()
