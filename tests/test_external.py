@@ -152,6 +152,7 @@ def test_collect_probe_and_patch_an_sb3_policy(trained):
     # a contrast pair: the same state with and without the key; patching the whole extractor restores the clean run
     e = _env()
     e.reset(seed=1)
+
     def pixels():  # the wrappers' view of the current state, channel-first, as a batch of one
         return torch.as_tensor(e.observation(e.env.observation(e.unwrapped.gen_obs()))).permute(2, 0, 1)[None]
 
@@ -249,3 +250,16 @@ def test_bad_zips_are_clear_errors(trained, tmp_path):
     with pytest.raises(ConfigError, match="MiniGrid-DoorKey-5x5-v0"):
         import_sb3(path, tmp_path / "b", env="MiniGrid-DoorKey-5x5-v9")  # the nearest valid id is suggested
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_bench_hook_quick_json():
+    from typer.testing import CliRunner
+
+    from workbench.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "--only", "hook", "--quick", "--json"])
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.output)["hook"]
+    for case in ("sb3_cnn_policy", "mlp"):
+        for row in figures[case].values():
+            assert row["hooked_ms"] > 0 and row["ratio"] == pytest.approx(row["hooked_ms"] / row["plain_ms"], rel=0.05)

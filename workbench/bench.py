@@ -75,6 +75,8 @@ def run_benches(only: list[str] | None = None, quick: bool = False) -> dict:
         "transformer": lambda: _transformer_forward(quick),
         "collect": lambda: _collect(quick),
         "probes": lambda: _probes(quick),
+        "patching": lambda: _bench_module("workbench.bench_patching", "bench_patching", quick),
+        "hook": lambda: _bench_module("workbench.bench_hooked", "bench_hooked", quick),
     }
     names = only or list(benches)
     unknown = [n for n in names if n not in benches]
@@ -107,6 +109,12 @@ def _probes(quick: bool) -> dict:
     from probes.bench import bench_probes
 
     return bench_probes(n=3_000, dims=(64,), n_hooks=1) if quick else bench_probes()
+
+
+def _bench_module(module: str, function: str, quick: bool) -> dict:
+    import importlib
+
+    return getattr(importlib.import_module(module), function)(quick=quick)
 
 
 def _cpus() -> int:
