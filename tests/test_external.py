@@ -149,25 +149,47 @@ def test_collect_probe_and_patch_an_sb3_policy(trained):
     acc = table[(table.metric == "accuracy") & (table.control == "baseline")].set_index("label")
     assert (acc.value > acc.control_value + 0.1).all(), acc[["value", "control_value"]]  # above the majority class
     assert table.control_value[table.control == "random_init"].notna().all()
-    # a contrast pair: the same state with and without the key; patching the whole extractor restores the clean run
-    e = _env()
-    e.reset(seed=1)
-
-    def pixels():  # the wrappers' view of the current state, channel-first, as a batch of one
-        return torch.as_tensor(e.observation(e.env.observation(e.unwrapped.gen_obs()))).permute(2, 0, 1)[None]
-
-    clean = pixels()
-    grid = e.unwrapped.grid
-    key = next(i for i, o in enumerate(grid.grid) if o is not None and o.type == "key")
-    grid.set(key % grid.width, key // grid.width, None)
-    corrupted = pixels()
-    assert not torch.equal(clean, corrupted)
+    # contrast pairs: the same states with and without the key; patching the whole extractor restores the clean run
+    clean, corrupted = _key_pairs(6)
     (clean_logits, _), cache = view.run_with_cache(clean)
     corrupted_logits, _ = view(corrupted)
     patched, _ = view.run_with_hooks(
         corrupted, fwd_hooks=[("features_extractor", lambda t, hook: cache["features_extractor"])]
     )
-    assert torch.allclose(patched, clean_logits, atol=1e-6) and not torch.allclose(corrupted_logits, clean_logits)
+    assert torch.allclose(patched, clean_logits, atol=1e-5) and not torch.allclose(corrupted_logits, clean_logits)
+    # and the batched patching sweep takes the view as it takes our policies: per cell of the last conv map
+    from workbench.patching import patch_sweep
+
+    result = patch_sweep(view, clean, corrupted, "features_extractor.cnn.5", per="cell")
+    assert result.logits.shape == (9, 6, 7) and result.sites.shape == (9, 2)
+    table = result.table(n_boot=50)
+    assert {"clean", "noise"} <= set(table.source) and table.value.notna().all()
+    single, _ = view.run_with_hooks(corrupted, fwd_hooks=[("features_extractor.cnn.5", _patch_cell(cache, 1, 2))])
+    cell = int(np.flatnonzero((result.sites == [1, 2]).all(1))[0])
+    assert torch.allclose(result.logits[cell], single, atol=1e-5)  # one site patched = the same by hand
+
+
+def _patch_cell(cache, row, col):
+    def fn(act, hook):
+        act = act.clone()
+        act[:, :, row, col] = cache[hook.name][:, :, row, col]
+        return act
+
+    return fn
+
+
+def _key_pairs(n):
+    """(clean, corrupted) pixel observations [n, 3, 56, 56]: DoorKey rooms as reset, and the same with the key gone."""
+    e, clean, corrupted = _env(), [], []
+    for seed in range(n):
+        e.reset(seed=seed)
+        clean.append(e.observation(e.env.observation(e.unwrapped.gen_obs())))
+        grid = e.unwrapped.grid
+        key = next(i for i, o in enumerate(grid.grid) if o is not None and o.type == "key")
+        grid.set(key % grid.width, key // grid.width, None)
+        corrupted.append(e.observation(e.env.observation(e.unwrapped.gen_obs())))
+    to_batch = lambda frames: torch.as_tensor(np.stack(frames)).permute(0, 3, 1, 2).contiguous()  # noqa: E731
+    return to_batch(clean), to_batch(corrupted)
 
 
 # ---------------------------------------------------------------------------------------------- import-sb3
