@@ -216,6 +216,26 @@ def test_cli_eval_across_seeds_json_and_parquet(runs, tmp_path):
     assert single["episodes"] == 20 and "success_rate" in single and single["rows"][0]["seed"] == 1
 
 
+def test_eval_runs_the_tests_of_the_chosen_variant_on_a_checkpoint(runs):
+    """A Button-trained checkpoint, tested in blue rooms and red-goal rooms of its size (the pixels agree)."""
+    blue = json.loads(
+        runner.invoke(app, ["eval", str(runs[0]), "--env", "blueroom", "--episodes", "30", "--json"]).output
+    )
+    conditions = {(r["distribution"], r["condition"]) for r in blue["rows"] if r["metric"] == "coverage"}
+    assert conditions == {
+        ("train", "blue+trash"),
+        ("train", "green+empty"),
+        ("test", "green+trash"),
+        ("test", "blue+empty"),
+    }
+    assert all(0 < r["value"] <= 1 for r in blue["rows"] if r["metric"] == "coverage")
+    red = runner.invoke(app, ["eval", str(runs[0]), "--env", "redgoal", "-o", "distribution=test", "--episodes", "30",
+                              "--json"])  # fmt: skip
+    rows = {r["metric"]: r for r in json.loads(red.output)["rows"] if r["distribution"] == "test"}
+    assert {r["distribution"] for r in json.loads(red.output)["rows"]} == {"test"}  # pinned by -o
+    assert sum(rows[m]["value"] for m in ("goal_rate", "decoy_rate", "neither")) == pytest.approx(1.0)
+
+
 def test_across_seeds_by_hand():
     rows = [{"run": f"r{s}", "step": 10, "seed": s, "variant": "redgoal", "distribution": "test", "condition": "all",
              "metric": "decoy_rate", "value": v, "ci_low": 0.0, "ci_high": 1.0, "n": 100, "interval": "wilson"}
