@@ -90,7 +90,8 @@ def hook_kind(hook: str, shape: Sequence[int]) -> str:
 
 def check_hook(policy, hook: str) -> None:
     if hook not in policy.hook_dict:
-        raise unknown_name(f"hook of this {policy.arch} policy (see `workbench hooks`)", hook, policy.hook_dict)
+        arch = getattr(policy, "arch", type(policy).__name__)
+        raise unknown_name(f"hook of this {arch} policy (see `workbench hooks`)", hook, policy.hook_dict)
 
 
 def activation_shapes(policy, hooks: Sequence[str]) -> dict[str, tuple[int, ...]]:
@@ -409,7 +410,10 @@ def patch_sweep(
 
 def default_patch_hooks(policy) -> list[str]:
     """Every conv map and the fc layer of a CNN; every block's residual output and heads of a transformer."""
-    if policy.arch == "cnn":
+    arch = getattr(policy, "arch", None)
+    if arch not in ("cnn", "transformer"):
+        raise PatchError(f"no default hooks to patch for a {arch or type(policy).__name__} policy: name them.")
+    if arch == "cnn":
         pattern = r"^(conv\.\d+\.hook_out|fc\.hook_out)$"
     else:
         pattern = r"^blocks\.\d+\.(hook_resid_post|attn\.hook_z)$"

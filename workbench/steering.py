@@ -89,9 +89,11 @@ def _paths(path: str | Path) -> tuple[Path, Path]:
 def default_hook(policy) -> str:
     """Where steering acts unless told: the CNN's last conv map; the transformer's residual stream before its last
     block."""
-    if policy.arch == "cnn":
+    if getattr(policy, "arch", None) == "cnn":
         return f"conv.{len(policy.conv) - 1}.hook_out"
-    return f"blocks.{len(policy.blocks) - 1}.hook_resid_pre"
+    if getattr(policy, "arch", None) == "transformer":
+        return f"blocks.{len(policy.blocks) - 1}.hook_resid_pre"
+    raise PatchError("this policy has no default steering hook: pass hook= (see `workbench hooks`).")
 
 
 # ---------------------------------------------------------------------------------------------- making vectors
