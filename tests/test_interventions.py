@@ -131,6 +131,8 @@ CASES = [
     ("cnn", "conv.0.hook_out", "cell", "cut", "trash cells"),
     ("cnn", "fc.hook_out", "unit", "linear", list(range(0, 128, 9))),
     ("transformer", "blocks.0.hook_resid_post", "pos", "cut", None),
+    ("transformer", "blocks.0.hook_resid_post", "pos", "readout", None),
+    ("transformer", "blocks.1.hook_resid_pre", "element", "readout", [(0, 3), (4, 7), (9, 0), (2, 31)]),
     ("transformer", "blocks.1.attn.hook_z", "pos_head", "cut", [(p, h) for p in (0, 3, 9) for h in range(4)]),
     ("transformer", "blocks.0.attn.hook_pattern", "head", "cut", None),
     ("transformer", "blocks.1.mlp.hook_post", "pos", "cut", None),
@@ -232,6 +234,10 @@ def test_patching_bad_input(cnn, transformer, pairs):
         patch_sweep(transformer, pairs.clean_obs, pairs.corrupt_obs, "blocks.0.attn.hook_z", per="head", sites=[4])
     with pytest.raises(PatchError, match="linear"):
         patch_sweep(transformer, pairs.clean_obs, pairs.corrupt_obs, "blocks.0.hook_resid_post", method="linear")
+    with pytest.raises(PatchError, match="readout path"):
+        patch_sweep(transformer, pairs.clean_obs, pairs.corrupt_obs, "blocks.0.hook_resid_pre", method="readout")
+    with pytest.raises(ConfigError, match="patching method"):
+        patch_sweep(cnn, pairs.clean_obs, pairs.corrupt_obs, "fc.hook_out", method="fast")
     with pytest.raises(ConfigError, match="contrast factor"):
         contrast_pairs("trahs", 4)
     with pytest.raises(ConfigError, match="outside the room"):

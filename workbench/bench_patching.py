@@ -109,8 +109,9 @@ def _best_interleaved(fns: dict, repeats: int) -> tuple[dict, dict]:
 def bench_patching(quick: bool = False) -> dict:
     """Seconds for a sweep over all sites of a hook, ours vs TL's generic_activation_patch, on identical inputs:
     the CNN's last conv map per cell (81 sites; the trained architecture: conv 16/16, fc 128) and the transformer's
-    residual stream per position. `ours_s` is the default (auto) method, `ours_cut_s` the batched forward without
-    the linear shortcut. Best of interleaved repeats; max abs difference over every logit and value of every site."""
+    residual stream per position (the last block's input). `ours_s` is the default (auto) method: linear for the
+    CNN, readout for the transformer; `ours_cut_s` the plain batched forward without either shortcut. Best of
+    interleaved repeats; max abs difference over every logit and value of every site."""
     from workbench.contrast import contrast_pairs
     from workbench.policies import build_policy
     from workbench.train import POLICIES

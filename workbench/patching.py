@@ -23,6 +23,9 @@ All sites of a hook are patched in batched forwards rather than one forward each
   heads), the patched pre-activation is the corrupted one plus the weight times the site's clean-minus-corrupt
   difference. Sites partition the activation, so all of them cost one matmul over the pairs; only the small rest
   of the network runs per site. Equal to the cut path up to float rounding (~1e-7).
+- *readout*: the transformer reads its action and value at token 0, so a patch of one token (per pos or element)
+  at the last block's input needs, per site, only that token's new q, k, v (the corrupted run's are cached for the
+  rest) and token 0's attention, MLP, final norm and heads (~1e-6 from the full forward).
 
 Metrics per site and pair: `logit_diff` (the clean run's action logit minus the corrupted run's best other action),
 `p_clean` (probability of the clean action), `value_change` (patched minus corrupted value), and per site
@@ -70,6 +73,7 @@ AXIS_NAMES = {
     "scalar": (),
 }
 DEFAULT_PER = {"map": "cell", "vector": "unit", "tokens": "pos", "heads": "head", "pattern": "head", "scalar": "all"}
+METHODS = ("auto", "linear", "readout", "cut")
 METRICS = ("logit_diff", "p_clean", "value_change", "normalised_effect")
 # Hooks through which all later computation flows: expanding the batch there is exact for anything after them.
 CUT_HOOK = re.compile(
@@ -264,6 +268,51 @@ def _patched_linear(policy, hook: str, axes, sites: Tensor, source: Tensor, corr
     return torch.cat(logits), torch.cat(values)
 
 
+def readout_applies(policy, hook: str, per: str) -> bool:
+    """The transformer's last block reads out at token 0 only, so a patch at that block's input that changes one
+    token (per pos or element) needs only that token's q, k, v and token 0's attention and MLP per site."""
+    from workbench.policies import TransformerPolicy
+
+    if not isinstance(policy, TransformerPolicy) or per not in ("pos", "element"):
+        return False
+    last = len(policy.blocks) - 1
+    return hook == f"blocks.{last}.hook_resid_pre" or (last > 0 and hook == f"blocks.{last - 1}.hook_resid_post")
+
+
+def _patched_readout(policy, axes, sites: Tensor, source: Tensor, corrupt_act: Tensor) -> tuple[Tensor, Tensor]:
+    """Patched outputs through the last block, per site: token t's new q, k, v against the corrupted run's
+    cached k, v elsewhere, then token 0's attention output, MLP, final norm and heads."""
+    block = policy.blocks[-1]
+    attn = block.attn
+    n_pairs, n_pos, d_model = corrupt_act.shape
+    heads, d_head = attn.n_heads, attn.d_head
+    qkv = attn.qkv(block.ln1(corrupt_act)).view(n_pairs, n_pos, 3, heads, d_head)  # the corrupted run, once
+    per_chunk = max(1, MAX_ROWS // n_pairs)
+    logits, values = [], []
+    for start in range(0, len(sites), per_chunk):
+        chunk = sites[start : start + per_chunk]
+        n, token = len(chunk), chunk[:, 0]
+        new = source[:, token].transpose(0, 1)  # [s, B, d]: the patched token's residual
+        if axes == (0, 1):  # element: one unit of that token
+            unit = torch.arange(d_model, device=chunk.device) == chunk[:, 1, None]
+            new = torch.where(unit[:, None], new, corrupt_act[:, token].transpose(0, 1))
+        qkv_new = attn.qkv(block.ln1(new)).view(n, n_pairs, 3, heads, d_head)
+        at_token = (torch.arange(n_pos, device=chunk.device) == token[:, None]).view(n, 1, n_pos, 1, 1)
+        k = torch.where(at_token, qkv_new[:, :, None, 1], qkv[None, :, :, 1])  # [s, B, pos, head, d_head]
+        v = torch.where(at_token, qkv_new[:, :, None, 2], qkv[None, :, :, 2])
+        reads_new = (token == 0).view(n, 1, 1)
+        q = torch.where(reads_new[..., None], qkv_new[:, :, 0], qkv[None, :, 0, 0])  # token 0's query [s, B, h, d]
+        pattern = (torch.einsum("sbhd,sbphd->sbhp", q, k) / math.sqrt(d_head)).softmax(-1)
+        z = torch.einsum("sbhp,sbphd->sbhd", pattern, v).reshape(n * n_pairs, d_model)
+        resid = torch.where(reads_new, new, corrupt_act[None, :, 0]).reshape(n * n_pairs, d_model)
+        mid = resid + attn.out(z)
+        post = mid + block.mlp(block.ln2(mid))
+        out_logits, out_value = policy._heads(policy.ln_final(post))
+        logits.append(out_logits.view(n, n_pairs, -1))
+        values.append(out_value.view(n, n_pairs))
+    return torch.cat(logits), torch.cat(values)
+
+
 # ---------------------------------------------------------------------------------------------- the sweep
 @dataclass
 class PatchResult:
@@ -363,8 +412,8 @@ def patch_sweep(
     vectors). sites: a subset as index tuples (None: all). method: auto | linear | cut (see the module docstring).
     noise: also patch from a different pair's corrupted run (the baseline). seed: that pairing."""
     check_hook(policy, hook)
-    if method not in ("auto", "linear", "cut"):
-        raise unknown_name("patching method", method, ("auto", "linear", "cut"))
+    if method not in METHODS:
+        raise unknown_name("patching method", method, METHODS)
     clean, corrupt = check_pair_obs(policy, clean_obs, corrupt_obs)
     n_pairs = len(clean)
     (both_logits, both_value), cache = policy.run_with_cache(torch.cat([clean, corrupt]), names_filter=[hook])
@@ -377,12 +426,17 @@ def patch_sweep(
     site_t = torch.as_tensor(site_arr, device=source.device)
     if method == "auto":
         method = "linear" if linear_successor(policy, hook) is not None else "cut"
+        method = "readout" if readout_applies(policy, hook, per) else method
     elif method == "linear" and linear_successor(policy, hook) is None:
         raise PatchError(f"{hook} does not feed one linear layer directly; use method='cut' (or 'auto').")
+    elif method == "readout" and not readout_applies(policy, hook, per):
+        raise PatchError(f"the readout path takes the last block's input per pos or element, not {hook} per {per}.")
 
     def run(src: Tensor) -> tuple[Tensor, Tensor]:
         if method == "linear":
             return _patched_linear(policy, hook, axes, site_t, src, corrupt_act)
+        if method == "readout":
+            return _patched_readout(policy, axes, site_t, src, corrupt_act)
         return _patched_cut(policy, corrupt, hook, axes, site_t, src)
 
     logits, value = run(source)
