@@ -429,6 +429,7 @@ def test_bench_patching_quick_agrees_with_transformer_lens():
         assert result[name]["max_abs_diff"] <= 1e-5
         assert result[name]["ours_s"] > 0 and result[name]["tl_generic_activation_patch_s"] > 0
     assert result["cnn"]["sites"] == 81 and result["cnn"]["method"] == "linear"
+    assert result["transformer"]["sites"] == 10 and result["transformer"]["method"] == "readout"
 
 
 @pytest.fixture(scope="module")
