@@ -12,7 +12,6 @@ afterwards every callback is a cache lookup plus drawing a figure.
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
@@ -36,7 +35,6 @@ class Warmup:
     def __init__(self, run: data.Run):
         self.run = run
         self.done, self.total, self.what, self.error = 0, 1, "starting", None
-        self.thread = threading.Thread(target=self._work, name="dashboard-warmup", daemon=True)
 
     def _tasks(self):
         run, last = self.run, self.run.steps[-1]
@@ -48,11 +46,33 @@ class Warmup:
             yield f"probe table {table}", lambda t=table: (data.probe_tables(run, t), data.probe_directions(run, t))
         for kind in ("patching", "behaviour"):
             yield f"{kind} tables", lambda k=kind: data.read_table(run.root, run.tables(k))
+        yield "figures", self._figures
+        yield "steering", lambda: self._steering(last)
+
+    def _figures(self) -> None:
+        """Draw each kind of figure once: plotly builds its validators on first use (~0.3 s)."""
+        from workbench.dashboard import figures
+
+        ep = data.episode(self.run, self.run.steps[-1], 0, "train")
+        figures.frame(ep.obs[0]).to_plotly_json()
+        figures.action_probs(ep.probs[0], data.action_names(len(ep.probs[0])), 0).to_plotly_json()
+        figures.episode_trace(ep.value, ep.reward, ep.events, 0).to_plotly_json()
+        figures.training_metrics(self.run.metrics).to_plotly_json()
+
+    def _steering(self, step: int) -> None:
+        """The first vector the steering view offers, unsteered and at coefficient 0, then the slider's others."""
+        options = data.steering_options(self.run, step)
+        if options:
+            spec = options[0]["value"]
+            data.steered_path(self.run, step, spec, 0.0)
+            data.steering_effects(self.run, step, spec, 0.0)
 
     def _work(self) -> None:
         tasks = list(self._tasks())
         self.total = len(tasks)
         for i, (what, task) in enumerate(tasks):
+            if data.STOP.is_set():
+                break
             self.what = what
             try:
                 task()
@@ -119,9 +139,31 @@ def create_app(run_dir: str | Path, warm: bool = True) -> Dash:
         return done, total, text, what == "ready"
 
     if warm:
-        warmup.thread.start()
+        data.background(warmup._work, "dashboard-warmup")
     app.warmup = warmup
+    app.callback_times = _time_callbacks(app)
     return app
+
+
+def _time_callbacks(app: Dash) -> list[tuple[str, float]]:
+    """Record (outputs, milliseconds) of every callback request the server answers (for the latency figures)."""
+    import flask
+
+    times: list[tuple[str, float]] = []
+
+    @app.server.before_request
+    def start():
+        flask.g.started = time.perf_counter()
+
+    @app.server.after_request
+    def stop(response):
+        if flask.request.path.endswith("/_dash-update-component") and hasattr(flask.g, "started"):
+            body = flask.request.get_json(silent=True) or {}
+            times.append((str(body.get("output")), 1000 * (time.perf_counter() - flask.g.started)))
+            del times[:-10_000]  # bounded for an app kept open all day
+        return response
+
+    return times
 
 
 def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8050, debug: bool = False) -> None:

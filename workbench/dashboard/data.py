@@ -7,7 +7,10 @@ Episodes and activations are keyed by the checkpoint file's key as well.
 
 from __future__ import annotations
 
+import atexit
 import functools
+import json
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -274,3 +277,170 @@ def probe_tables(run: Run, table: str) -> tuple[pd.DataFrame, pd.DataFrame]:
 def _probe_tables(path: str, mtime_ns: int, size: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     frame = _parquet(path, mtime_ns, size)
     return probe_scores(frame), best_probes(frame)
+
+
+# ---------------------------------------------------------------------------------------------- steering
+def steering_options(run: Run, step: int) -> list[dict]:
+    """Vectors the steering view offers for checkpoint `step`: contrast vectors of each factor (computed), the
+    binary and regression probe directions of every probe table at that step, and saved vectors in the run
+    directory. Values are strings that `steering_vector` parses and checks again."""
+    from workbench.contrast import FACTORS
+
+    options = [{"label": f"contrast: {factor}", "value": f"contrast:{factor}"} for factor in FACTORS]
+    for table in run.tables("probes"):
+        for i, d in enumerate(probe_directions(run, table)):
+            if d.step == int(step) and (d.kind in ("binary", "regression") or d.probe == "conv1x1"):
+                options.append({"label": f"probe: {d.label} @ {d.hook} ({d.probe}, {table})",
+                                "value": f"probe:{i}:{table}"})  # fmt: skip
+    for path in sorted(run.root.rglob("*.json")):
+        rel = path.relative_to(run.root).as_posix()
+        if rel.startswith(".") or path.name.startswith("step-") or path.name.endswith(".directions.json"):
+            continue
+        if not path.with_suffix(".safetensors").is_file() or path.stat().st_size > 1 << 20:
+            continue
+        try:
+            meta = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(meta, dict) and {"hook", "tensors", "shape"} <= set(meta):
+            options.append({"label": f"saved: {rel}", "value": f"file:{rel}"})
+    return options
+
+
+def steering_key(run: Run, step: int, spec: str) -> tuple:
+    """A hashable key of the vector named by an option value of `steering_options`, validated: factors by name,
+    tables and files by `safe_path`."""
+    from workbench.contrast import FACTORS
+
+    kind, _, rest = str(spec).partition(":")
+    ckpt = file_key(checkpoint_path(run, step))
+    if kind == "contrast" and rest in FACTORS:
+        return ("contrast", ckpt, rest)
+    if kind == "probe":
+        index, _, table = rest.partition(":")
+        directions = probe_directions(run, table)
+        if not index.isdigit() or int(index) >= len(directions):
+            raise PathError(f"{spec!r} names no probe direction of {table}.")
+        return ("probe", ckpt, str(safe_path(run.root, table)), int(index))
+    if kind == "file":
+        return ("file", *file_key(safe_path(run.root, rest)))
+    raise PathError(f"{spec!r} is not a steering vector offered here.")
+
+
+@functools.lru_cache(maxsize=64)
+def steering_vector(key: tuple):
+    """The SteeringVector of a `steering_key`."""
+    from workbench.steering import SteeringVector, contrast_vector, from_direction
+
+    if key[0] == "contrast":
+        return contrast_vector(_policy(*key[1]), key[2], n=128)
+    if key[0] == "probe":
+        from probes import load_directions
+
+        return from_direction(load_directions(key[2])[key[3]], _policy(*key[1]))
+    return SteeringVector.load(key[1])
+
+
+def steered_path(run: Run, step: int, spec: str, coef: float, seed: int = 0) -> np.ndarray:
+    """The agent's cells [T+1, 2] over one episode (seed `seed`, the run's env) with the policy steered."""
+    key = steering_key(run, step, spec)
+    return _steered_path(file_key(checkpoint_path(run, step)), key, float(coef), _env_key(run.config["env"], "train"),
+                         int(seed))  # fmt: skip
+
+
+@functools.lru_cache(maxsize=128)
+@torch.no_grad()
+def _steered_path(ckpt_key: tuple, key: tuple, coef: float, env_key: tuple, seed: int) -> np.ndarray:
+    from workbench.envs.core import MOVES
+    from workbench.steering import steering
+
+    policy = _policy(*ckpt_key)
+    env = BatchEnv(make_config(**dict(env_key)), n_envs=1, seed=seed)
+    rng = np.random.default_rng(seed)
+    cells = [env.state.agent[0].copy()]
+    with steering(policy, steering_vector(key), coef):
+        while True:
+            logits, _ = policy(torch.as_tensor(env.state.obs))
+            p = torch.softmax(logits.float(), -1)[0].numpy().astype(np.float64)
+            action = int(rng.choice(len(p), p=p / p.sum()))
+            landed = np.clip(env.state.agent[0] + MOVES[action], 1, env.config.room_size)
+            _, _, terminated, truncated, _ = env.step(np.array([action]))
+            cells.append(landed)
+            if terminated[0] or truncated[0]:
+                break
+    return np.stack(cells)
+
+
+STEERING_EPISODES = 64
+
+
+def steering_effects(run: Run, step: int, spec: str, coef: float, episodes: int = STEERING_EPISODES) -> dict:
+    """Rates over `episodes` episodes steered by coef x vector beside the same episodes unsteered, each with a
+    Wilson interval (the shape of `workbench.steering.steering_effects`; the unsteered rollouts are cached once
+    per checkpoint, so moving the coefficient costs one batch of rollouts)."""
+    from workbench.behaviour import wilson_interval
+
+    key = steering_key(run, step, spec)
+    ckpt = file_key(checkpoint_path(run, step))
+    vector = steering_vector(key)
+    metrics = {}
+    base, steered = _rollout_rates(ckpt, None, 0.0, episodes), _rollout_rates(ckpt, key, float(coef), episodes)
+    for name in base:
+        row = {}
+        for which, (hits, n) in (("baseline", base[name]), ("steered", steered[name])):
+            row[which], row[f"{which}_ci"] = hits / n, list(wilson_interval(hits, n))
+        metrics[name] = row
+    return {"hook": vector.hook, "vector": vector.name, "coef": float(coef), "episodes": episodes, "metrics": metrics}
+
+
+@functools.lru_cache(maxsize=256)
+def _rollout_rates(ckpt_key: tuple, key: tuple | None, coef: float, episodes: int) -> dict[str, tuple[int, int]]:
+    """(hits, episodes) of each rate of `steering.episode_metrics` over a batch of (steered) rollouts."""
+    from workbench.steering import episode_metrics, steered_rollouts
+
+    vector = steering_vector(key) if key is not None and coef != 0 else None
+    rollouts = steered_rollouts(_policy(*ckpt_key), vector=vector, coef=coef, episodes=episodes)
+    out = {}
+    for name, values in episode_metrics(rollouts).items():
+        if name.endswith("_rate") and name != "deposit_rate":
+            out[name] = (int(np.nansum(values > 0)), len(values))
+    return out
+
+
+def prefetch_steering(run: Run, step: int, spec: str, coefs) -> threading.Thread:
+    """Compute the steered path and rates for every coefficient of the slider in the background, so that moving
+    it is a cache lookup; returns the (started) thread."""
+
+    def work():
+        for coef in coefs:
+            if STOP.is_set():
+                return
+            try:
+                steered_path(run, step, spec, coef)
+                steering_effects(run, step, spec, coef)
+            except Exception:  # the view reports errors when it asks for the same thing
+                return
+
+    return background(work, "steering-prefetch")
+
+
+# ---------------------------------------------------------------------------------------------- background work
+STOP = threading.Event()
+_THREADS: list[threading.Thread] = []
+
+
+def background(work, name: str) -> threading.Thread:
+    """Run `work` in a daemon thread that `stop_background` (and interpreter exit) waits for: torch must not be
+    mid-computation in a thread while the interpreter tears down. Work loops check `STOP` between items."""
+    thread = threading.Thread(target=work, name=name, daemon=True)
+    _THREADS[:] = [t for t in _THREADS if t.is_alive()] + [thread]
+    thread.start()
+    return thread
+
+
+@atexit.register
+def stop_background(timeout: float = 30.0) -> None:
+    STOP.set()
+    for thread in list(_THREADS):
+        thread.join(timeout)
+    STOP.clear()

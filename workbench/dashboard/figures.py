@@ -284,3 +284,33 @@ def patching(table: pd.DataFrame, hook: str, metric: str = "normalised_effect") 
     fig.update_xaxes(title="site", type="category")
     fig.update_yaxes(title=metric)
     return _layout(fig, title, legend={"orientation": "h", "y": -0.3})
+
+
+# ---------------------------------------------------------------------------------------------- steering
+def steering_paths(obs: np.ndarray, base: np.ndarray, steered: np.ndarray, title: str) -> go.Figure:
+    """The agent's path through one episode, unsteered and steered, drawn over its first frame."""
+    fig = frame(obs, title)
+    for cells, name, color in ((base, "unsteered", "#ffffff"), (steered, "steered", "#ff3b3b")):
+        offset = 0.25 if name == "steered" else -0.25  # both visible where they overlap
+        fig.add_trace(go.Scatter(x=2 * cells[:, 1] + 0.5 + offset, y=2 * cells[:, 0] + 0.5 + offset,
+                                 mode="lines+markers", name=f"{name} ({len(cells) - 1} steps)",
+                                 line={"color": color, "width": 3}, marker={"size": 5}))  # fmt: skip
+    fig.update_layout(showlegend=True, legend={"orientation": "h", "y": -0.02})
+    return fig
+
+
+def steering_effects(result: dict) -> go.Figure:
+    """Baseline and steered means of each rate with 95% intervals, on the same episodes."""
+    rates = [name for name in ("success_rate", "pick_rate", "button_rate", "goal_rate", "retarget_success_rate",
+                               "bump_rate") if name in result["metrics"]]  # fmt: skip
+    fig = go.Figure()
+    for which, color in (("baseline", "#7f7f7f"), ("steered", "#d62728")):
+        values = [result["metrics"][m][which] for m in rates]
+        lows = [result["metrics"][m][f"{which}_ci"][0] for m in rates]
+        highs = [result["metrics"][m][f"{which}_ci"][1] for m in rates]
+        fig.add_trace(go.Bar(x=rates, y=values, name=which, marker_color=color,
+                             error_y={"type": "data", "symmetric": False, "array": np.subtract(highs, values),
+                                      "arrayminus": np.subtract(values, lows)}))  # fmt: skip
+    fig.update_yaxes(range=[0, 1.05], title="rate")
+    title = f"{result['vector']} at {result['hook']}, coef {result['coef']:g}: {result['episodes']} episodes"
+    return _layout(fig, title, legend={"orientation": "h", "y": -0.3})

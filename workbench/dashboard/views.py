@@ -19,6 +19,7 @@ GRAPH_CONFIG = {"displaylogo": False}
 ROW = {"display": "flex", "flexWrap": "wrap", "gap": "12px", "alignItems": "flex-start"}
 CONTROL = {"minWidth": "180px"}
 NOTE = {"color": "#555", "fontSize": "13px", "margin": "6px 0"}
+COEFS = [float(c) for c in np.arange(-8, 8.5, 0.5)]  # the steering slider's positions
 MISSING = {
     "probes": "no probe table yet: run `workbench probe RUN_DIR --out RUN_DIR/probes.parquet`",
     "patching": "no patching results yet: run `workbench patch CKPT ... --out RUN_DIR/patch.parquet`",
@@ -114,6 +115,8 @@ def episode_callbacks(app, run: data.Run) -> None:
             t -= 1
         elif ctx.triggered_id == "ep-next":
             t += 1
+        elif ctx.triggered_id in ("ep-seed", "ep-dist"):
+            t = 0  # another episode: start at its beginning
         return last, int(np.clip(t, 0, last))
 
     @app.callback(
@@ -288,14 +291,14 @@ def probe_callbacks(app, run: data.Run) -> None:
         if not table or step is None:
             return figures.message(MISSING["probes"]), figures.message("click a cell of the heatmap")
         scores, best = data.probe_tables(run, table)
-        if click and click.get("points") and len(click["points"][0].get("customdata") or ()) == 5:
-            hook, label, _, _, probe = click["points"][0]["customdata"]
-        else:  # before any click: the most selective probe at this step
-            at = best[best["step"] == int(step)]
-            if at.empty:
-                return figures.message("no probes at this step"), figures.message("")
-            top = at.sort_values("selectivity", ascending=False).iloc[0]
-            hook, label, probe = top["hook"], top["label"], top["probe"]
+        at = best[best["step"] == int(step)]
+        if at.empty:
+            return figures.message("no probes at this step"), figures.message("")
+        point = (click or {}).get("points", [{}])[0]
+        chosen = at[(at["hook"] == point.get("y")) & (at["label"] == point.get("x"))]
+        # before any click (or a click on another table's cell): the most selective probe at this step
+        top = (chosen if len(chosen) else at.sort_values("selectivity", ascending=False)).iloc[0]
+        hook, label, probe = top["hook"], top["label"], top["probe"]
         curves = figures.probe_curves(scores, hook, label, probe)
         direction = data.find_direction(data.probe_directions(run, table), int(step), hook, label, probe)
         if direction is None:
@@ -328,11 +331,53 @@ def patching_layout(run: data.Run) -> html.Div:
                 style=ROW,
             ),
             graph("patch-fig"),
+            html.H4("Steering", style={"marginBottom": "4px"}),
+            html.Div(
+                [
+                    labelled(
+                        "checkpoint", dcc.Dropdown(step_options(run), run.steps[-1], id="steer-step", clearable=False)
+                    ),  # fmt: skip
+                    html.Div(
+                        labelled("vector", dcc.Dropdown(id="steer-vector", clearable=False)), style={"width": "420px"}
+                    ),  # fmt: skip
+                    html.Div(
+                        labelled(
+                            "coefficient",
+                            dcc.Slider(
+                                -8,
+                                8,
+                                0.5,
+                                value=0,
+                                id="steer-coef",
+                                marks={i: str(i) for i in range(-8, 9, 4)},
+                                tooltip={"placement": "bottom"},
+                            ),
+                        ),
+                        style={"width": "360px"},
+                    ),  # fmt: skip
+                ],
+                style=ROW,
+            ),
+            html.P(
+                "Live: one episode (the player's seed) steered vs unsteered, and 64 episodes' rates with 95% "
+                "intervals. Contrast vectors are mean activation differences (with minus without the factor); "
+                "probe directions are unit-norm.",
+                style=NOTE,
+            ),  # fmt: skip
+            html.Div(
+                [
+                    html.Div(graph("steer-path"), style={"flex": "0 0 360px"}),
+                    html.Div(graph("steer-effects"), style={"flex": "1 1 480px"}),
+                ],
+                style=ROW,
+            ),  # fmt: skip
         ]
     )
 
 
 def patching_callbacks(app, run: data.Run) -> None:
+    steering_callbacks(app, run)
+
     @app.callback(
         Output("patch-hook", "options"),
         Output("patch-hook", "value"),
@@ -358,6 +403,40 @@ def patching_callbacks(app, run: data.Run) -> None:
         if not table:
             return figures.message(MISSING["patching"], "patching")
         return figures.patching(data.read_table(run.root, [table]), hook, metric)
+
+
+def steering_callbacks(app, run: data.Run) -> None:
+    prefetched: set[tuple] = set()
+
+    @app.callback(Output("steer-vector", "options"), Output("steer-vector", "value"), Input("steer-step", "value"),
+                  State("steer-vector", "value"))  # fmt: skip
+    @guarded(2)
+    def vectors(step, current):
+        options = data.steering_options(run, step)
+        values = [o["value"] for o in options]
+        return options, current if current in values else (values[0] if values else None)
+
+    @app.callback(
+        Output("steer-path", "figure"),
+        Output("steer-effects", "figure"),
+        Input("steer-step", "value"),
+        Input("steer-vector", "value"),
+        Input("steer-coef", "value"),
+        Input("ep-seed", "value"),
+    )
+    @guarded(2, 0, 1)
+    def steer(step, spec, coef, seed):
+        if not spec:
+            return figures.message("choose a vector"), figures.message("")
+        seed, coef = int(seed or 0), float(coef or 0)
+        if (step, spec) not in prefetched:  # the other slider positions, nearest first, in the background
+            prefetched.add((step, spec))
+            data.prefetch_steering(run, step, spec, sorted(COEFS, key=lambda c: abs(c - coef)))
+        base = data.steered_path(run, step, spec, 0.0, seed)
+        steered = data.steered_path(run, step, spec, coef, seed)
+        first = data.episode(run, step, seed, "train").obs[0]
+        paths = figures.steering_paths(first, base, steered, f"episode seed {seed}, coef {coef:g}")
+        return paths, figures.steering_effects(data.steering_effects(run, step, spec, coef))
 
 
 # ---------------------------------------------------------------------------------------------- behaviour
