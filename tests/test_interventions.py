@@ -352,6 +352,34 @@ def test_probe_directions_steer(cnn):
     assert torch.allclose(from_direction(multiclass, cnn, index=2, normalise=False).vector, multiclass.weight[2])
 
 
+def test_vector_specs_resolve(cnn, tmp_path):
+    from probes import Direction, save_directions
+    from workbench.steering import resolve_vector
+
+    weight = torch.randn(128)
+    directions = [
+        Direction("fc.hook_out", "carrying", "binary", "logistic", weight * 0.5, torch.tensor(0.0), torch.zeros(128),
+                  torch.ones(128), step=0),
+        Direction("fc.hook_out", "carrying", "binary", "logistic", weight, torch.tensor(0.0), torch.zeros(128),
+                  torch.ones(128), step=100),
+        Direction("conv.1.hook_out", "carrying", "binary", "logistic", torch.randn(16, 9, 9), torch.tensor(0.0),
+                  torch.zeros(16, 9, 9), torch.ones(16, 9, 9), step=100),
+    ]  # fmt: skip
+    save_directions(directions, tmp_path / "probes.parquet")
+    vec = resolve_vector(cnn, f"{tmp_path / 'probes.parquet'}#carrying", hook="fc.hook_out")
+    torch.testing.assert_close(vec.vector, weight / weight.norm())  # the latest step's, unit norm
+    assert vec.meta["step"] == 100 and vec.name == "probe:carrying"
+    with pytest.raises(PatchError, match="pick one with --hook"):
+        resolve_vector(cnn, f"{tmp_path / 'probes.parquet'}#carrying")
+    with pytest.raises(PatchError, match="no direction"):
+        resolve_vector(cnn, f"{tmp_path / 'probes.parquet'}#wall_blue")
+    colour = resolve_vector(cnn, "colour", n=8)
+    assert colour.hook == "conv.1.hook_out" and colour.meta["factor"] == "colour"
+    assert resolve_vector(cnn, "trash-at:3,3", n=8).meta["cell"] == [3, 3]
+    with pytest.raises(PatchError, match="neither a factor"):
+        resolve_vector(cnn, "smell")
+
+
 def test_steering_bad_input(cnn):
     vec = contrast_vector(cnn, "trash", n=8)
     with pytest.raises(PatchError, match="not finite"):
