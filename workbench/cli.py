@@ -596,5 +596,38 @@ def steer_cmd(
     Console().print(view)
 
 
+@app.command()
+def dashboard(
+    run_dir: Path = typer.Argument(..., help="run directory (run.json + checkpoints; tables written into it)"),
+    host: str = typer.Option("127.0.0.1", help="interface to listen on (0.0.0.0: every interface; be careful)"),
+    port: int = typer.Option(8050, help="port"),
+) -> None:
+    """Interactive dashboard of one run: episode player, activations, probes, patching and steering, behaviour.
+    It reads only files under RUN_DIR: the checkpoints and the tables `workbench probe/patch/eval --out` wrote there.
+
+    Example: workbench dashboard runs/trash-cnn --port 8050
+    """
+    from workbench.dashboard import serve
+
+    console.print(f"dashboard of {run_dir} on http://{host}:{port}/ (Ctrl-C stops it)")
+    serve(run_dir, host=host, port=port)
+
+
+@app.command()
+def report(
+    run_or_ckpt: Path = typer.Argument(..., help="run directory (its last checkpoint in focus) or step-*.safetensors"),
+    out: Path = typer.Option(Path("report.html"), help="HTML file to write (self-contained: works offline)"),
+) -> None:
+    """One self-contained HTML report with the dashboard's figures (plotly inlined, no CDN), to share.
+
+    Example: workbench report runs/trash-cnn --out report.html
+    """
+    from workbench.report import build_report
+
+    with console.status("report") as status:
+        path = build_report(run_or_ckpt, out, progress=lambda what: status.update(f"report: {what}"))
+    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
 if __name__ == "__main__":
     main()
