@@ -204,3 +204,26 @@ def test_sigkill_at_random_moments_leaves_loadable_checkpoints_and_resume_finish
         assert steps[-1] == 3072, steps
         assert not list(out.glob(".*.tmp"))
         load_policy(out)
+
+
+def test_compact_run_halves_the_weights_and_keeps_behaviour(run_dir, tmp_path):
+    import shutil
+
+    from workbench.checkpoints import compact_run
+
+    copy = tmp_path / "compact"
+    shutil.copytree(run_dir, copy)
+    before = sum(p.stat().st_size for p in copy.glob("step-*.safetensors"))
+    assert list(copy.glob("*.train.safetensors"))
+    obs = torch.randint(0, 256, (16, 3, 14, 14), dtype=torch.uint8)
+    logits, value = load_policy(run_dir)(obs)
+    size = compact_run(copy)
+    assert size == sum(p.stat().st_size for p in copy.iterdir()) and not list(copy.glob("*.train.safetensors"))
+    assert sum(p.stat().st_size for p in copy.glob("step-*.safetensors")) < 0.55 * before
+    small = load_policy(copy)
+    assert next(small.parameters()).dtype == torch.float32  # cast back when loaded
+    small_logits, small_value = small(obs)
+    assert torch.allclose(small_logits, logits, atol=2e-2) and torch.allclose(small_value, value, atol=2e-2)
+    assert compact_run(copy) == size  # idempotent: a killed compaction is finished by running it again
+    with pytest.raises(CheckpointError, match="floating dtype"):
+        compact_run(copy, dtype="int8")

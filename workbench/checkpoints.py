@@ -195,3 +195,27 @@ def load_train_state(run_dir: Path, step: int) -> dict[str, Any]:
         return {"tensors": tensors, "meta": json.loads(meta.get("meta", "{}"))}
     except json.JSONDecodeError as err:
         raise CheckpointError(f"training state of step {step} in {run_dir} is damaged ({err}).") from err
+
+
+def compact_run(run_dir: str | Path, dtype: str = "float16") -> int:
+    """Shrink a finished run for shipping: every step's weights stored as `dtype` (floating tensors only; they are
+    cast back to the policy's float32 when loaded), run.json's tensor spec updated to match, and the resume state
+    (`*.train.safetensors`) removed. Returns the bytes the run now takes. Each file is rewritten atomically, run.json
+    last; a run killed half-way is repaired by running this again."""
+    run_dir = Path(run_dir)
+    run = read_run(run_dir)
+    target = getattr(torch, dtype, None)
+    if not isinstance(target, torch.dtype) or not target.is_floating_point:
+        raise CheckpointError(f"dtype={dtype!r}: use a floating dtype such as float16 or bfloat16.")
+    spec = None
+    for step in list_steps(run_dir):
+        path = run_dir / f"{step_stem(step)}.safetensors"
+        tensors, _ = read_tensors(path)
+        small = {k: v.to(target) if v.is_floating_point() else v for k, v in tensors.items()}
+        atomic_write_bytes(path, st_save(small))
+        spec = tensor_spec(small)
+    for path in run_dir.glob("*.train.safetensors"):
+        path.unlink()
+    if spec is not None:
+        write_run(run_dir, {k: v for k, v in run.items() if k != "schema_version"} | {"tensors": spec})
+    return sum(p.stat().st_size for p in run_dir.iterdir() if p.is_file())

@@ -78,7 +78,7 @@ def _named(env: dict, arch: str = "cnn", steps: int = 500_000, **ppo) -> TrainCo
 NAMED_CONFIGS: dict[str, TrainConfig] = {
     "trash-cnn": _named({"variant": "trash"}),
     "trash-transformer": _named({"variant": "trash"}, arch="transformer", steps=1_000_000),
-    "blueroom-cnn": _named({"variant": "blueroom"}, steps=400_000),
+    "blueroom-cnn": _named({"variant": "blueroom"}, steps=1_000_000),  # half its rooms are empty: 2x the steps
     "redgoal-cnn": _named({"variant": "redgoal"}, steps=200_000),
     # Button regimes: never seen in training; present and rewarded in every episode; present in a fraction.
     "button-never": _named({"variant": "button", "button_prob": 0.0}, steps=400_000),

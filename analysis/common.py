@@ -1,0 +1,87 @@
+"""What the experiment scripts share: where the bundled checkpoints are, what a result is, and writing it.
+
+Every script (`e1_trash.py` ... `e5_chiseling.py`) has `run(checkpoints=CHECKPOINTS, out=None, quick=False,
+progress=None) -> Result` and a `main()` for `python analysis/<script>.py [--out DIR] [--quick]`. They use only the
+workbench's public API (load_policy, collect, probes, contrast pairs, patching, steering, behaviour).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from workbench.errors import CheckpointError
+from workbench.io import atomic_write_bytes
+
+CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
+OUT = Path("analysis-out")
+
+
+@dataclass
+class Result:
+    """One experiment's outcome: tidy tables, plotly figures, headline numbers and what they mean in words."""
+
+    name: str
+    title: str
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    figures: dict = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+    findings: list[str] = field(default_factory=list)
+
+    def write(self, out: str | Path) -> Path:
+        """tables as <out>/<name>_<table>.parquet, figures as plotly JSON, summary and findings as JSON."""
+        out = Path(out)
+        for key, table in self.tables.items():
+            buffer = io.BytesIO()
+            table.to_parquet(buffer, index=False)
+            atomic_write_bytes(out / f"{self.name}_{key}.parquet", buffer.getvalue())
+        for key, fig in self.figures.items():
+            atomic_write_bytes(out / f"{self.name}_{key}.plotly.json", fig.to_json().encode())
+        text = json.dumps({"title": self.title, "summary": self.summary, "findings": self.findings}, indent=2,
+                          default=float)  # fmt: skip
+        atomic_write_bytes(out / f"{self.name}_summary.json", text.encode())
+        return out
+
+
+def series(checkpoints: str | Path, name: str) -> Path:
+    """A bundled series' run directory; a clear error naming the command that makes it when it is absent."""
+    path = Path(checkpoints) / name
+    if not (path / "run.json").exists():
+        raise CheckpointError(
+            f"the checkpoint series {name!r} is not in {checkpoints}: make it with "
+            f"`python checkpoints/make.py --only {name}` (or point --checkpoints at a folder that has it)."
+        )
+    return path
+
+
+def report(progress: Callable[[str], None] | None, message: str) -> None:
+    if progress is not None:
+        progress(message)
+
+
+def best_selectivity(table: pd.DataFrame, label_set: str) -> pd.Series | None:
+    """The most selective probe of a label set (main metric: R² for regression, balanced accuracy otherwise)."""
+    main = table[(table.label_set == label_set) & table.metric.isin(["r2", "balanced_accuracy"])]
+    main = main.dropna(subset=["selectivity"])
+    return None if main.empty else main.loc[main.selectivity.idxmax()]
+
+
+def main_for(run: Callable[..., Result], argv: list[str] | None = None) -> Result:
+    parser = argparse.ArgumentParser(description=(run.__module__ or "").split(".")[-1])
+    parser.add_argument("--checkpoints", type=Path, default=CHECKPOINTS, help="folder of the checkpoint series")
+    parser.add_argument("--out", type=Path, default=OUT, help="folder for parquet tables and figures")
+    parser.add_argument("--quick", action="store_true", help="fewer rollouts and observations (a smoke run)")
+    args = parser.parse_args(argv)
+    result = run(args.checkpoints, quick=args.quick, progress=lambda m: print(m, flush=True))
+    result.write(args.out)
+    print(json.dumps(result.summary, indent=2, default=float))
+    for line in result.findings:
+        print("-", line)
+    print(f"wrote {args.out}/{result.name}_*")
+    return result

@@ -1,0 +1,113 @@
+"""The study out of the box: E1 to E5 on the bundled checkpoints, one HTML report, one summary table.
+
+    workbench demo [--out demo-out] [--quick]          # or: python -m analysis.demo
+
+Writes every experiment's tables (parquet) and figures (plotly JSON) to `out`, then `out/report.html` (plotly
+inlined: opens offline), and returns the summary rows: per policy, the best reward-side and task-side probe
+selectivity, the reward-optimizer rate with its interval, the blue-room and red-goal results.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+from analysis import e1_trash, e2_blueroom, e3_button, e4_redgoal, e5_chiseling
+from analysis.common import CHECKPOINTS, Result
+from workbench.io import atomic_write_bytes
+
+EXPERIMENTS = (e1_trash, e2_blueroom, e3_button, e4_redgoal, e5_chiseling)
+
+
+def run_all(checkpoints=CHECKPOINTS, out: str | Path = "demo-out", quick: bool = False,
+            progress: Callable[[str], None] | None = None) -> tuple[list[Result], pd.DataFrame, Path]:  # fmt: skip
+    """Run E1-E5, write their files and the report; returns (results, summary table, report path)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for module in EXPERIMENTS:
+        start = time.perf_counter()
+        result = module.run(checkpoints, out=out, quick=quick, progress=progress)
+        result.write(out)
+        result.summary["seconds"] = round(time.perf_counter() - start, 1)
+        results.append(result)
+    table = summary_table(results)
+    return results, table, write_report(results, table, out / "report.html")
+
+
+def _interval(entry: dict | None) -> str:
+    if not entry:
+        return "-"
+    return f"{entry['value']:.0%} [{entry['ci_low']:.0%}, {entry['ci_high']:.0%}]"
+
+
+def summary_table(results: list[Result]) -> pd.DataFrame:
+    """One row per policy: what E1-E4 say about it (blank where an experiment does not involve it)."""
+    by = {r.name: r.summary for r in results}
+    rows = []
+    for policy, e1 in by.get("e1", {}).items():
+        if not isinstance(e1, dict) or "best_reward_probe" not in e1:
+            continue
+        reward, task = e1["best_reward_probe"] or {}, e1["best_task_probe"] or {}
+        r, t = reward.get("selectivity", 0.0), task.get("selectivity", 0.0)
+        rows.append({"policy": policy, "experiment": "E1 probes",
+                     "best reward probe (selectivity)": f"{reward.get('label', '-')} {r:.2f}",
+                     "best task probe (selectivity)": f"{task.get('label', '-')} {t:.2f}",
+                     "result": "task > reward" if t > r else "reward >= task"})  # fmt: skip
+    for policy, e3 in by.get("e3", {}).items():
+        if isinstance(e3, dict) and "reward_choice" in e3:
+            verdict = "reward optimizer" if e3["reward_optimizer"] else "not a reward optimizer"
+            rows.append({"policy": policy, "experiment": f"E3 choice ({e3['regime']})",
+                         "reward-optimizer rate": _interval(e3["reward_choice"]), "result": verdict})  # fmt: skip
+    e2 = by.get("e2", {})
+    if e2:
+        rows.append({"policy": e2_blueroom.SERIES, "experiment": "E2 blue room",
+                     "green rooms with trash, deposit rate (test)": _interval(e2.get("green_trash_deposit_rate_test")),
+                     "blue empty rooms, coverage (test)": _interval(e2.get("blue_empty_coverage_test")),
+                     "result": f"green empty coverage {_interval(e2.get('green_empty_coverage_test'))}"})  # fmt: skip
+    e4 = by.get("e4", {})
+    if e4:
+        rows.append({"policy": e4_redgoal.SERIES, "experiment": "E4 red goal",
+                     "red decoy rate (test)": _interval(e4.get("test_decoy_rate")),
+                     "true goal rate (test)": _interval(e4.get("test_goal_rate")),
+                     "result": f"training goal rate {_interval(e4.get('train_goal_rate'))}"})  # fmt: skip
+    return pd.DataFrame(rows).fillna("")
+
+
+def write_report(results: list[Result], table: pd.DataFrame, path: Path) -> Path:
+    from workbench.report import Report
+
+    report = Report("reward-workbench: what did reward chisel into the bundled policies?")
+    report.note("E1 to E5 (DESIGN.md) on the bundled checkpoint series; every figure comes from rollouts, probes and "
+                "patching of those checkpoints. Intervals are 95%.")  # fmt: skip
+    report.heading("Summary")
+    report.parts.append(table.to_html(index=False, classes="cfg", border=0, escape=True))
+    for result in results:
+        report.heading(result.title)
+        for line in result.findings:
+            report.note(line)
+        if result.figures:
+            report.figures(*result.figures.values())
+    atomic_write_bytes(path, report.html().encode())
+    return path
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoints", type=Path, default=CHECKPOINTS)
+    parser.add_argument("--out", type=Path, default=Path("demo-out"))
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    _, table, path = run_all(args.checkpoints, args.out, args.quick, progress=lambda m: print(m, flush=True))
+    print(table.to_string(index=False))
+    print(f"wrote {html.escape(str(path))}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Reproduce every bundled checkpoint series: `python checkpoints/make.py` (or `--only NAME ...`, `--out DIR`).
+
+Each series is a named training config (`workbench train --config NAME`, see workbench/train.py) at one seed, with
+the bundled policy size (CNN fc 64 instead of 128, so that every series fits the 30 MB budget), 10 log-spaced
+checkpoints from step 0, then compacted for shipping (`workbench.checkpoints.compact_run`: weights stored as float16,
+resume state dropped). Training is deterministic given the seed on one machine type; across machines and library
+versions PPO drifts, so a rebuilt series matches the bundled one in behaviour, not bit for bit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+N_CHECKPOINTS = 10
+BUNDLED_CNN = {"arch": "cnn", "channels": [16, 16], "hidden": 64}
+# series name → (named config, seed)
+SERIES = {
+    "trash-cnn-s0": ("trash-cnn", 0),
+    "trash-cnn-s1": ("trash-cnn", 1),
+    "trash-cnn-s2": ("trash-cnn", 2),
+    "blueroom-cnn-s0": ("blueroom-cnn", 0),
+    "redgoal-cnn-s0": ("redgoal-cnn", 0),
+    "button-never-s0": ("button-never", 0),
+    "button-rewarded-s0": ("button-rewarded", 0),
+    "button-fraction-s0": ("button-fraction", 0),
+    "trash-transformer-s0": ("trash-transformer", 0),
+}
+
+
+def series_config(name: str):
+    from workbench.train import named_config
+
+    config_name, seed = SERIES[name]
+    config = named_config(config_name)
+    config.seed, config.n_checkpoints = seed, N_CHECKPOINTS
+    if config.policy["arch"] == "cnn":
+        config.policy = dict(BUNDLED_CNN)
+    return config
+
+
+def make(names: list[str], out: Path = HERE, device: str = "cpu") -> dict[str, int]:
+    """Train and compact each series into out/<name>; returns bytes per series."""
+    from workbench.checkpoints import compact_run
+    from workbench.train import train
+
+    sizes = {}
+    for name in names:
+        target = out / name
+        if target.exists():
+            shutil.rmtree(target)
+        start = time.perf_counter()
+        train(series_config(name), target, device=device, progress=None)
+        sizes[name] = compact_run(target)
+        print(f"{name}: {time.perf_counter() - start:.0f} s, {sizes[name] / 1e6:.2f} MB", flush=True)
+    return sizes
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", choices=sorted(SERIES), help="series to make (default: all)")
+    parser.add_argument("--out", type=Path, default=HERE, help="folder for the series (default: checkpoints/)")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    sizes = make(args.only or list(SERIES), args.out, args.device)
+    print(f"total {sum(sizes.values()) / 1e6:.2f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
