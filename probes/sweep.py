@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -57,6 +59,8 @@ def probe_sweep(
     precision: str = "auto",
     max_stack_bytes: int = 2 << 30,
     progress: Callable[[str, int, int], None] | None = None,
+    backend: str = "local",
+    ray_address: str | None = None,
 ) -> pd.DataFrame:
     """Probe every checkpoint of a run (or the one checkpoint given); returns the tidy table (module docstring).
 
@@ -65,11 +69,20 @@ def probe_sweep(
     several checkpoints, `probes.probe.score_stack`) of at most about max_stack_bytes of working memory: there
     each tensor op's launch costs more than its work, and a stack shares them. On CPU the work grows with the
     stack as fast as the ops are shared (measured: 3 designs stacked took 1.2x as long as one at a time), so
-    checkpoints go one by one. progress(what, done, total) is called as each stage finishes."""
+    checkpoints go one by one. progress(what, done, total) is called as each stage finishes.
+
+    backend="ray": the checkpoints are fitted as Ray tasks (`workbench.distributed`; one checkpoint and one CPU,
+    or GPU on cuda, per task; address: ray_address or RAY_ADDRESS), after collection and the random-init control
+    here. The dataset goes to Ray's object store once and the checkpoints' weights with their tasks, so no node
+    needs this machine's files. The table is the same as the local backend's."""
     from workbench.checkpoints import list_steps, load_policy, resolve, step_stem
-    from workbench.datasets import collect, replay
+    from workbench.datasets import collect
+    from workbench.distributed import BACKENDS
+    from workbench.errors import unknown_name
     from workbench.policies import hook_shapes
 
+    if backend not in BACKENDS:  # before the collection, not after it
+        raise unknown_name("backend", backend, BACKENDS)
     run_dir, step = resolve(run_or_ckpt)
     steps = list_steps(run_dir) if Path(run_or_ckpt).is_dir() else [step]
     total = len(steps) + 2
@@ -93,32 +106,79 @@ def probe_sweep(
     # ~6 float32 copies of a design live at once while it is fitted (activations, train/val/test, conv1x1 rows)
     per_step = 6 * 4 * dataset.n * max(math.prod(shapes[h]) for h in hooks)
     chunk = max(1, min(len(steps), max_stack_bytes // per_step)) if str(device).startswith("cuda") else 1
+    fit = {"hooks": hooks, "targets": targets, "split": split, "seed": seed, "device": device, "precision": precision,
+           "n_boot": n_boot}  # fmt: skip
+    if backend == "local":
+        scored = []
+        for lo in range(0, len(steps), chunk):
+            group = steps[lo : lo + chunk]
+            report(f"steps {group[0]}..{group[-1]}" if len(group) > 1 else f"step {group[0]}", 2 + lo, total)
+            group = [_Checkpoint(step, None if step == steps[-1] else run_dir / f"{step_stem(step)}.json")
+                     for step in group]  # fmt: skip
+            scored += score_checkpoints(group, dataset=dataset, **fit)
+    else:
+        from workbench.distributed import run_tasks
+
+        # The weights travel with each task (a few MB), so the nodes need none of this machine's files.
+        items = [[_Checkpoint(step, None if step == steps[-1] else load_policy(run_dir / f"{step_stem(step)}.json"))]
+                 for step in steps]  # fmt: skip
+        groups = run_tasks(
+            score_checkpoints,
+            items,
+            backend=backend,
+            address=ray_address,
+            progress=lambda done, _: report(f"{done} checkpoints fitted", 2 + done, total),
+            shared={"dataset": dataset, **fit},
+            num_gpus_per_task=int(str(device).startswith("cuda")),
+        )
+        scored = [scores for group in groups for scores in group]
     tables, directions = [], []
-    for lo in range(0, len(steps), chunk):
-        group = steps[lo : lo + chunk]
-        report(f"steps {group[0]}..{group[-1]}" if len(group) > 1 else f"step {group[0]}", 2 + lo, total)
-        data = [dataset if step == steps[-1] else
-                replay(dataset, load_policy(run_dir / f"{step_stem(step)}.json", device=device), hooks=hooks)
-                for step in group]  # fmt: skip
-        scores = [[] for _ in group]
-        for hook in hooks:
-            stacked = score_stack([d.activations(hook) for d in data], hook, targets, split, seed=seed,
-                                  device=device, precision=precision, n_boot=n_boot)  # fmt: skip
-            for step_scores, more in zip(scores, stacked, strict=True):
-                step_scores += more
-        for step, step_scores in zip(group, scores, strict=True):
-            for s in step_scores:
-                s.controls["random_init"] = random_scores.get((s.hook, s.label, s.probe), {})
-                s.direction.step = step
-                directions.append(s.direction)
-            tables.append(tidy(step_scores, run=str(run_dir), step=step, split=split, skipped=skipped, hooks=hooks))
-        del data
+    for step, step_scores in zip(steps, scored, strict=True):
+        for s in step_scores:
+            s.controls["random_init"] = random_scores.get((s.hook, s.label, s.probe), {})
+            s.direction.step = step
+            directions.append(s.direction)
+        tables.append(tidy(step_scores, run=str(run_dir), step=step, split=split, skipped=skipped, hooks=hooks))
     report("done", total, total)
     table = pd.concat(tables, ignore_index=True)
     if out is not None:
         save_directions(directions, out)
         write_table(table, out)  # last: a table on disk means its directions are there too
     return table
+
+
+@dataclass
+class _Checkpoint:
+    """One checkpoint to probe: its policy (or the step file to load it from), or None for the checkpoint that
+    collected the dataset (its activations are the dataset's own)."""
+
+    step: int
+    policy: object
+
+    def __repr__(self) -> str:  # names the task in errors, without the weights
+        return f"step {self.step}"
+
+
+def score_checkpoints(group: list[_Checkpoint], *, dataset, hooks, targets, split, seed, device, precision, n_boot):
+    """Replay the dataset through each checkpoint of `group` and fit every probe, one stack per hook; returns one
+    list of ProbeScores per checkpoint. The unit of work of a sweep: run here, or as a Ray task."""
+    from workbench.checkpoints import load_policy
+    from workbench.datasets import replay
+
+    data, scores = [], [[] for _ in group]
+    with warnings.catch_warnings():  # a dataset from Ray's object store is read-only; replay and fitting only read it
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        for checkpoint in group:
+            policy = checkpoint.policy
+            if isinstance(policy, Path):
+                policy = load_policy(policy, device=device)
+            data.append(dataset if policy is None else replay(dataset, policy.to(device), hooks=hooks))
+        for hook in hooks:
+            stacked = score_stack([d.activations(hook) for d in data], hook, targets, split, seed=seed,
+                                  device=device, precision=precision, n_boot=n_boot)  # fmt: skip
+            for step_scores, more in zip(scores, stacked, strict=True):
+                step_scores += more
+    return scores
 
 
 def write_table(table: pd.DataFrame, out: str | Path) -> Path:
