@@ -152,10 +152,15 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="continue `out` from its latest checkpoint"),
     device: str = typer.Option("auto", help="cpu | cuda | auto"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar (for scripts)"),
+    seeds: str = typer.Option(None, "--seeds", help="several seeds, e.g. 0,1,2: one run per seed, in <out>-s<seed>"),
+    backend: str = typer.Option("local", help="local | ray: the seeds as Ray tasks (needs the ray extra)"),
+    ray_address: str = typer.Option(None, "--ray-address", help="Ray cluster HEAD:6379 (default: RAY_ADDRESS)"),
 ) -> None:
-    """Train a policy with PPO and write a checkpoint series.
+    """Train a policy with PPO and write a checkpoint series (with --seeds, one per seed).
 
     Example: workbench train --env trash --policy cnn --steps 200000 --seed 0 --out runs/trash-cnn
+
+    Example: workbench train --config trash-cnn --seeds 0,1,2 --backend ray --out runs/trash-cnn
     """
     from workbench import train as training
 
@@ -175,20 +180,29 @@ def train(
                         ("eval_episodes", eval_episodes)):  # fmt: skip
         if value is not None:
             setattr(cfg, name, value)
-    if quiet:
-        run_dir = training.train(cfg, out, resume=resume, device=device)
+    if seeds is not None or backend != "local":
+        from workbench.distributed import parse_seeds, train_seeds
+
+        if seeds is not None and seed is not None:
+            raise WorkbenchError("--seed and --seeds: pass one of them.")
+        run_dirs = train_seeds(cfg, None if seeds is None else parse_seeds(seeds), out, backend=backend, device=device,
+                               resume=resume, address=ray_address,
+                               progress=lambda done, total: console.print(f"trained {done}/{total} runs"))  # fmt: skip
+    elif quiet:
+        run_dirs = [training.train(cfg, out, resume=resume, device=device)]
     else:
         with _training_progress() as progress:
-            run_dir = training.train(cfg, out, resume=resume, device=device, progress=progress)
+            run_dirs = [training.train(cfg, out, resume=resume, device=device, progress=progress)]
     from workbench.checkpoints import list_steps, read_json, step_stem
 
-    last = list_steps(run_dir)[-1]
-    metrics = read_json(run_dir / f"{step_stem(last)}.json")
-    console.print(
-        f"wrote {run_dir} ({len(list_steps(run_dir))} checkpoints). Step {last}: success "
-        f"{metrics['success_rate']:.1%} sampled, {metrics['argmax_success_rate']:.1%} argmax; "
-        f"return {metrics['mean_return']:.2f}."
-    )
+    for run_dir in run_dirs:
+        last = list_steps(run_dir)[-1]
+        metrics = read_json(run_dir / f"{step_stem(last)}.json")
+        console.print(
+            f"wrote {run_dir} ({len(list_steps(run_dir))} checkpoints). Step {last}: success "
+            f"{metrics['success_rate']:.1%} sampled, {metrics['argmax_success_rate']:.1%} argmax; "
+            f"return {metrics['mean_return']:.2f}."
+        )
 
 
 class _training_progress:
@@ -452,6 +466,8 @@ def probe(
     seed: int = typer.Option(0, help="seed of the rollout, the episode split, the controls and the bootstrap"),
     device: str = typer.Option("cpu", help="cpu | cuda"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar (for scripts)"),
+    backend: str = typer.Option("local", help="local | ray: checkpoints as Ray tasks (needs the ray extra)"),
+    ray_address: str = typer.Option(None, "--ray-address", help="Ray cluster HEAD:6379 (default: RAY_ADDRESS)"),
 ) -> None:
     """Fit linear probes (with shuffled, random-init, baseline and best-unit controls) on every checkpoint of
     a run, on one shared set of observations; write one tidy table and the probe directions.
@@ -468,7 +484,7 @@ def probe(
         return split or None
 
     kwargs = dict(hooks=names(hooks), labels=names(labels), n_steps=steps, seed=seed,
-                  device=resolve_device(device), out=out)  # fmt: skip
+                  device=resolve_device(device), out=out, backend=backend, ray_address=ray_address)  # fmt: skip
     if quiet:
         table = probe_sweep(run_or_ckpt, **kwargs)
     else:
