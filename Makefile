@@ -11,7 +11,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev,bench,dashboard]"
+	$(PY) -m pip install -q -e ".[dev,bench,dashboard,ray]"
 	touch $@
 
 demo: install
