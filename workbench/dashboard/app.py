@@ -12,6 +12,7 @@ afterwards every callback is a cache lookup plus drawing a figure.
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
@@ -102,30 +103,7 @@ def create_app(run_dir: str | Path, warm: bool = True) -> Dash:
         update_title=None,
     )
     warmup = Warmup(run)
-    header = html.Div(
-        [
-            html.H2(f"reward-workbench — {root.name}", style={"margin": "0"}),
-            html.Div(
-                f"{run.arch} policy on {run.variant} · {len(run.steps)} checkpoints "
-                f"({run.steps[0]:,} … {run.steps[-1]:,} env-steps) · {root}",
-                style=views.NOTE,
-            ),
-            html.Div(
-                [
-                    html.Progress(id="warm-bar", max=1, value=0, style={"width": "200px"}),
-                    html.Span(id="warm-text", style={**views.NOTE, "marginLeft": "8px"}),
-                ]
-            ),  # fmt: skip
-            dcc.Interval(id="warm-tick", interval=400, max_intervals=600),
-        ],
-        style={"padding": "8px 12px", "borderBottom": "1px solid #ddd"},
-    )
-    tabs = dcc.Tabs(
-        [dcc.Tab(layout(run), label=label, value=name, id=f"tab-{name}") for name, label, layout, _ in VIEWS],
-        id="tabs",
-        value="episode",
-    )
-    app.layout = html.Div([header, tabs], style={"fontFamily": "sans-serif", "padding": "0 8px"})
+    app.layout = functools.partial(page, root)  # built per page load: new checkpoints and tables show on reload
     for _, _, _, callbacks in VIEWS:
         callbacks(app, run)
 
@@ -164,6 +142,35 @@ def _time_callbacks(app: Dash) -> list[tuple[str, float]]:
         return response
 
     return times
+
+
+def page(root: Path) -> html.Div:
+    """The whole page, from what the run directory holds now."""
+    run = data.load_run(root)
+    header = html.Div(
+        [
+            html.H2(f"reward-workbench — {root.name}", style={"margin": "0"}),
+            html.Div(
+                f"{run.arch} policy on {run.variant} · {len(run.steps)} checkpoints "
+                f"({run.steps[0]:,} … {run.steps[-1]:,} env-steps) · {root}",
+                style=views.NOTE,
+            ),
+            html.Div(
+                [
+                    html.Progress(id="warm-bar", max=1, value=0, style={"width": "200px"}),
+                    html.Span(id="warm-text", style={**views.NOTE, "marginLeft": "8px"}),
+                ]
+            ),
+            dcc.Interval(id="warm-tick", interval=400, max_intervals=600),
+        ],
+        style={"padding": "8px 12px", "borderBottom": "1px solid #ddd"},
+    )
+    tabs = dcc.Tabs(
+        [dcc.Tab(layout(run), label=label, value=name, id=f"tab-{name}") for name, label, layout, _ in VIEWS],
+        id="tabs",
+        value="episode",
+    )
+    return html.Div([header, tabs], style={"fontFamily": "sans-serif", "padding": "0 8px"})
 
 
 def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8050, debug: bool = False) -> None:

@@ -97,8 +97,13 @@ def _tables(root: Path, tree_key: tuple) -> dict[str, list[str]]:
 
 # ---------------------------------------------------------------------------------------------- policies
 def checkpoint_path(run: Run, step: int) -> Path:
-    if int(step) not in run.steps:
-        raise PathError(f"step {step} is not a checkpoint of this run: choose one of {list(run.steps)}.")
+    try:
+        step = int(step)
+    except (TypeError, ValueError) as err:
+        raise PathError(f"{step!r} is not a checkpoint step.") from err
+    steps = run.steps if step in run.steps else load_run(run.root).steps  # a run still training adds steps
+    if step not in steps:
+        raise PathError(f"step {step} is not a checkpoint of this run: choose one of {list(steps)}.")
     return safe_path(run.root, f"{step_stem(int(step))}.safetensors")
 
 

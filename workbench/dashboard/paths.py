@@ -82,5 +82,8 @@ def find_tables(root: Path) -> dict[str, list[str]]:
 
 def file_key(path: Path) -> tuple[str, int, int]:
     """A cache key that changes when the file does: path, mtime and size."""
-    stat = path.stat()
+    try:
+        stat = path.stat()
+    except FileNotFoundError as err:
+        raise PathError(f"{path.name} does not exist (any more): reload the page to list the files again.") from err
     return str(path), stat.st_mtime_ns, stat.st_size

@@ -48,7 +48,7 @@ def guarded(n_outputs: int, *messages: int):
         def inner(*args):
             try:
                 return fn(*args)
-            except WorkbenchError as err:
+            except (WorkbenchError, OSError) as err:  # OSError: a file removed or unreadable meanwhile
                 out = [no_update] * n_outputs
                 for i in messages:
                     out[i] = figures.message(str(err), "refused")
