@@ -35,11 +35,13 @@ def check_policy_fits(policy, cfg: EnvConfig) -> None:
 
 
 @torch.no_grad()
-def rollout_episodes(policy, env_config, episodes: int, seed: int = 12345, deterministic: bool = False) -> dict:
+def rollout_episodes(policy, env_config, episodes: int, seed: int = 12345, deterministic: bool = False,
+                     target_cell=None) -> dict:  # fmt: skip
     """Play `episodes` episodes in parallel (one per env, the first episode of each) and return per-episode
     arrays: return, length, the count of every task event, ``first_<event>`` (the step, 1-based, at which the
     event first happened; 0: never), ``visited`` (distinct interior cells the agent stood on, the start and the
-    last cell included), and ``start``: a copy of the batch's `EnvState` at the start of the episodes."""
+    last cell included), and ``start``: a copy of the batch's `EnvState` at the start of the episodes. With a
+    `target_cell` (row, col): ``first_target``, the step at which the agent first stood on it (0: never)."""
     if not isinstance(episodes, int | np.integer) or isinstance(episodes, bool) or episodes < 1:
         raise ConfigError(f"episodes={episodes!r}: evaluate at least 1 episode.")
     cfg = make_config(env_config) if not isinstance(env_config, dict) else make_config(**env_config)
@@ -56,6 +58,7 @@ def rollout_episodes(policy, env_config, episodes: int, seed: int = 12345, deter
     rows = np.arange(episodes)
     visited = np.zeros((episodes, cfg.grid_size, cfg.grid_size), dtype=bool)
     visited[rows, env.state.agent[:, 0], env.state.agent[:, 1]] = True
+    first_target = np.zeros(episodes, dtype=np.int64)
     out = {"return": np.zeros(episodes), "length": np.zeros(episodes, dtype=np.int64), "start": env.state.copy()}
     out.update({name: np.zeros(episodes, dtype=np.int64) for name in EVENTS})
     out.update({f"first_{name}": np.zeros(episodes, dtype=np.int64) for name in EVENTS})
@@ -78,6 +81,9 @@ def rollout_episodes(policy, env_config, episodes: int, seed: int = 12345, deter
             obs, reward, terminated, truncated, info = env.step(actions)
             live = ~finished
             visited[rows[live], cell[live, 0], cell[live, 1]] = True
+            if target_cell is not None:
+                hit = live & (cell == np.asarray(target_cell)).all(-1) & (first_target == 0)
+                first_target[hit] = out["length"][hit] + 1
             out["return"][live] += reward[live]
             out["length"][live] += 1
             for name in EVENTS:
@@ -89,6 +95,8 @@ def rollout_episodes(policy, env_config, episodes: int, seed: int = 12345, deter
         if not scripted:
             policy.train(was_training)
     out["visited"] = visited.sum((1, 2))
+    if target_cell is not None:
+        out["first_target"] = first_target
     return out
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,9 +33,10 @@ from safetensors.torch import save as st_save
 from torch import Tensor
 
 from workbench.contrast import ContrastPairs, check_cell, contrast_pairs, trash_at_pairs
-from workbench.envs import BatchEnv, make_config
+from workbench.envs import make_config
 from workbench.envs.config import EnvConfig
-from workbench.envs.core import EVENTS, IN_ROOM, MOVES
+from workbench.envs.core import EVENTS, IN_ROOM
+from workbench.evaluate import rollout_episodes
 from workbench.io import atomic_write_bytes, atomic_write_json
 from workbench.patching import PatchError, activation_shapes, bootstrap_weights, check_hook, mean_ci
 
@@ -276,55 +277,16 @@ def steered_rollouts(
             f"{cfg.variant} rooms of size {cfg.room_size} give observations {list(cfg.obs_shape)}, "
             f"but the policy reads {list(policy.obs_shape)}: use its training room size."
         )
-    target = None if target_cell is None else np.array(check_cell(cfg, target_cell), dtype=np.int16)
-    env = BatchEnv(cfg, n_envs=episodes, seed=seed)
-    device = next(policy.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    out = {"return": np.zeros(episodes), "length": np.zeros(episodes, dtype=np.int64)}
-    out.update({name: np.zeros(episodes, dtype=np.int64) for name in EVENTS})
-    out["trash_at_start"] = (env.state.trash_status == IN_ROOM).sum(1)
-    never = np.full(episodes, -1, dtype=np.int64)
-    first_pick, first_target = never.copy(), never.copy()
-    finished = np.zeros(episodes, dtype=bool)
-    was_training = policy.training
-    policy.eval()
-    steer = steering(policy, vector, coef) if vector is not None else _nothing(policy)
-    try:
-        with steer:
-            while not finished.all():
-                obs = torch.as_tensor(env.state.obs, device=device)
-                logits, _ = policy(obs)
-                if deterministic:
-                    actions = logits.argmax(-1)
-                else:
-                    actions = torch.multinomial(torch.softmax(logits.float(), -1), 1, generator=generator)[:, 0]
-                actions = actions.cpu().numpy()
-                # Where each agent lands (rooms are open: only the walls block); read before auto-reset moves it.
-                landed = np.clip(env.state.agent + MOVES[actions], 1, cfg.room_size)
-                _, reward, terminated, truncated, info = env.step(actions)
-                live = ~finished
-                out["return"][live] += reward[live]
-                out["length"][live] += 1
-                for name in EVENTS:
-                    out[name][live] += info[name][live]
-                step = out["length"]
-                first_pick[live & info["picked"] & (first_pick < 0)] = step[live & info["picked"] & (first_pick < 0)]
-                if target is not None:
-                    hit = live & (landed == target).all(-1) & (first_target < 0)
-                    first_target[hit] = step[hit]
-                finished |= terminated | truncated
-    finally:
-        policy.train(was_training)
-    out["steps_to_trash"] = np.where(first_pick > 0, first_pick, out["length"] + 1)
+    target = None if target_cell is None else check_cell(cfg, target_cell)
+    with steering(policy, vector, coef) if vector is not None else nullcontext():
+        ep = rollout_episodes(policy, cfg, episodes, seed, deterministic, target_cell=target)
+    out = {name: ep[name] for name in ("return", "length", *EVENTS)}
+    out["trash_at_start"] = (ep["start"].trash_status == IN_ROOM).sum(1)
+    out["steps_to_trash"] = np.where(ep["first_picked"] > 0, ep["first_picked"], ep["length"] + 1)
     if target is not None:
-        out["reached_target"] = first_target > 0
-        out["steps_to_target"] = np.where(first_target > 0, first_target, out["length"] + 1)
+        out["reached_target"] = ep["first_target"] > 0
+        out["steps_to_target"] = np.where(ep["first_target"] > 0, ep["first_target"], ep["length"] + 1)
     return out
-
-
-@contextmanager
-def _nothing(policy):
-    yield policy
 
 
 def episode_metrics(episodes: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
