@@ -97,7 +97,9 @@ def parse_options(pairs: list[str]) -> dict:
 @app.command()
 def bench(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
-    only: list[str] = typer.Option([], "--only", help="env | train | transformer | collect | probes; repeatable"),
+    only: list[str] = typer.Option(
+        [], "--only", help="env | train | transformer | collect | probes | patching | hook; repeatable"
+    ),
     quick: bool = typer.Option(False, help="short timings, for smoke tests"),
 ) -> None:
     """Measure our tools against the reference ones, side by side in one run.
@@ -425,31 +427,29 @@ def choice_test(
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("runs/demo-trash-cnn"), help="run directory of the demo training"),
-    steps: int = typer.Option(500_000, help="env-steps of the demo training"),
+    out: Path = typer.Option(Path("demo-out"), help="folder for the tables, figures and report.html"),
+    checkpoints: Path = typer.Option(None, help="folder of the checkpoint series (default: the bundled ones)"),
+    quick: bool = typer.Option(False, help="fewer rollouts and observations: a smoke run"),
 ) -> None:
-    """The main job, until the study on bundled checkpoints lands: train the CNN on TrashGrid with PPO,
-    write its checkpoint series, then list its hooks and evaluate it.
+    """The main job: the study E1-E5 on the bundled checkpoints (probes, patching, the reward-optimizer choice
+    test, blue room, red goal, the chiseling tracer); writes OUT/report.html and prints the summary table.
 
-    Example: workbench demo --steps 100000
+    Example: workbench demo --out demo-out
     """
-    import shutil
+    from rich.table import Table
 
-    from workbench import train as training
+    from analysis.common import CHECKPOINTS
+    from analysis.demo import run_all
 
-    marker = out / ".workbench-demo"
-    if out.exists() and any(out.iterdir()):
-        if not marker.exists():
-            raise WorkbenchError(f"{out} exists and was not made by `workbench demo`: pass another --out.")
-        shutil.rmtree(out)  # the demo's own earlier output: a re-run starts over
-    out.mkdir(parents=True, exist_ok=True)
-    marker.touch()
-    cfg = training.named_config("trash-cnn")
-    cfg.total_steps = steps
-    with _training_progress() as progress:
-        training.train(cfg, out, device="auto", progress=progress)
-    hooks(out)
-    eval_(out, env=None, episodes=200, seed=12345, option=[], as_json=False)
+    with console.status("E1-E5 on the bundled checkpoints") as status:
+        _, table, path = run_all(checkpoints or CHECKPOINTS, out, quick, progress=lambda m: status.update(m))
+    view = Table(title="What reward chiselled into the bundled policies (95% intervals)")
+    for column in table.columns:
+        view.add_column(column)
+    for row in table.itertuples(index=False):
+        view.add_row(*(str(v) for v in row))
+    Console().print(view)
+    console.print(f"wrote {path} (open it in a browser; it works offline) and the tables beside it")
 
 
 @app.command()
