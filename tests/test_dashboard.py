@@ -408,3 +408,29 @@ def test_cli_dashboard_and_report_commands(run_dir, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert calls == [((run_dir,), {"host": "127.0.0.1", "port": 8123})]
     assert "--host" in CliRunner().invoke(app, ["dashboard", "--help"]).output
+
+
+def test_transformer_views_and_report_without_training(tmp_path):
+    """Attention patterns, token maps and the report for a transformer checkpoint (untrained: written directly)."""
+    from workbench.checkpoints import save_step, tensor_spec, write_run
+    from workbench.dashboard import data, figures
+    from workbench.dashboard.paths import run_root
+    from workbench.envs import make_config
+    from workbench.policies import build_policy
+    from workbench.report import build_report
+
+    env = {"variant": "trash", "room_size": 5}
+    policy = build_policy({"arch": "transformer", "obs_shape": list(make_config(**env).obs_shape), "n_actions": 5})
+    run_dir = tmp_path / "tf"
+    write_run(run_dir, {"env": env, "policy": policy.config(), "tensors": tensor_spec(policy.state_dict()), "seed": 0})
+    save_step(run_dir, 0, policy, {"success_rate": 0.0, "mean_return": 0.0})
+    run = data.load_run(run_root(run_dir))
+    ep = data.episode(run, 0, 0, "train")
+    pattern = data.activation(run, 0, ep.obs[0], "blocks.0.attn.hook_pattern")
+    fig = figures.activation(pattern, "blocks.0.attn.hook_pattern", 1)
+    assert len(fig.data) == 2 and fig.data[1].z.shape == (3, 3)  # the readout's attention on the 3x3 patch grid
+    assert np.allclose(pattern.sum(-1), 1, atol=1e-5)
+    for hook in ("blocks.0.attn.hook_z", "blocks.1.hook_resid_post", "hook_value"):
+        assert figures.activation(data.activation(run, 0, ep.obs[0], hook), hook, 0).data
+    text = build_report(run_dir, tmp_path / "tf.html").read_text()
+    assert "blocks.0.attn.hook_pattern" in text and "no probe table yet" in text

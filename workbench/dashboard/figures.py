@@ -85,12 +85,7 @@ def activation(act: np.ndarray, hook: str, index: int = 0) -> go.Figure:
     token x unit map, or a vector as bars. `index` picks the channel (conv) or head (attention)."""
     leaf = hook.rsplit(".", 1)[-1]
     if act.ndim == 3 and leaf in ("hook_pattern", "hook_attn_scores"):
-        index = int(np.clip(index, 0, act.shape[0] - 1))
-        fig = go.Figure(go.Heatmap(z=act[index], colorscale="Viridis", hovertemplate="query %{y}, key %{x}: %{z:.3f}"))
-        fig.update_xaxes(title="key token (0: readout)")
-        fig.update_yaxes(title="query token")
-        _square(fig)
-        return _layout(fig, f"{hook} — head {index} (query 0: the readout token)", height=380)
+        return attention(act, hook, index)
     if act.ndim == 3 and leaf in ("hook_q", "hook_k", "hook_v", "hook_z"):
         index = int(np.clip(index, 0, act.shape[1] - 1))
         z = act[:, index, :]
@@ -111,6 +106,33 @@ def activation(act: np.ndarray, hook: str, index: int = 0) -> go.Figure:
     fig = go.Figure(go.Bar(y=values, x=np.arange(len(values))))
     fig.update_xaxes(title="unit")
     return _layout(fig, f"{hook} — {len(values)} units", height=380)
+
+
+def attention(act: np.ndarray, hook: str, index: int) -> go.Figure:
+    """One head's attention pattern [query, key], and beside it the readout token's attention to each patch laid
+    on the patch grid (when the patches form a square), which is what the policy's heads read from."""
+    from plotly.subplots import make_subplots
+
+    index = int(np.clip(index, 0, act.shape[0] - 1))
+    pattern = act[index]
+    side = int(round(np.sqrt(pattern.shape[1] - 1)))
+    grid = side * side == pattern.shape[1] - 1
+    fig = make_subplots(1, 2 if grid else 1, column_widths=[0.55, 0.45] if grid else None, horizontal_spacing=0.12,
+                        subplot_titles=["pattern (query 0: the readout token)"]
+                        + (["readout's attention on the patch grid"] if grid else []))  # fmt: skip
+    fig.add_trace(go.Heatmap(z=pattern, colorscale="Viridis", coloraxis="coloraxis",
+                             hovertemplate="query %{y}, key %{x}: %{z:.3f}<extra></extra>"), 1, 1)  # fmt: skip
+    if grid:
+        fig.add_trace(go.Heatmap(z=pattern[0, 1:].reshape(side, side), coloraxis="coloraxis",
+                                 hovertemplate="patch row %{y}, col %{x}: %{z:.3f}<extra></extra>"), 1, 2)  # fmt: skip
+        fig.update_yaxes(autorange="reversed", scaleanchor="x2", constrain="domain", row=1, col=2)
+        fig.update_xaxes(constrain="domain", row=1, col=2)
+    fig.update_yaxes(autorange="reversed", title="query token", row=1, col=1)
+    fig.update_xaxes(title="key token", row=1, col=1)
+    fig.update_xaxes(dtick=1)
+    fig.update_yaxes(dtick=1)
+    return _layout(fig, f"{hook} — head {index}", height=400, coloraxis={"colorscale": "Viridis"},
+                   margin={"l": 50, "r": 20, "t": 80, "b": 40})  # fmt: skip
 
 
 def n_indices(shape: tuple[int, ...], hook: str) -> tuple[str, int]:
