@@ -434,3 +434,36 @@ def test_transformer_views_and_report_without_training(tmp_path):
         assert figures.activation(data.activation(run, 0, ep.obs[0], hook), hook, 0).data
     text = build_report(run_dir, tmp_path / "tf.html").read_text()
     assert "blocks.0.attn.hook_pattern" in text and "no probe table yet" in text
+
+
+def test_workbench_dashboard_serves_on_localhost(run_dir):
+    """The real command: it listens on 127.0.0.1 by default and serves the page; stopped by its own pid."""
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-c", "from workbench.cli import main; main()", "dashboard", str(run_dir), "--port",
+               str(port)]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline, page = time.monotonic() + 60, None
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).read().decode()
+                break
+            except OSError:
+                time.sleep(0.3)
+        assert page is not None and "workbench" in page, process.stdout.read1().decode() if process.poll() else ""
+        try:
+            import psutil
+        except ImportError:  # the page answered on 127.0.0.1; which other interfaces it binds is unchecked
+            return
+        sockets = psutil.Process(process.pid).net_connections("tcp")
+        assert {c.laddr.ip for c in sockets if c.status == psutil.CONN_LISTEN} == {"127.0.0.1"}
+    finally:
+        process.terminate()
+        process.wait(10)
