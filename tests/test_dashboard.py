@@ -248,7 +248,9 @@ def test_figures_from_tables(run_dir):
     assert figures.patching(patch_table, "fc.hook_out").data[0].type == "bar"
     beh = data.read_table(run.root, run.tables("behaviour"))
     assert {"reward_choice", "success_rate"} <= set(beh["metric"])
-    assert len(figures.behaviour(beh, "success_rate").data) == 2  # two checkpoints
+    over_training = figures.behaviour(beh, "success_rate")  # two checkpoints: a curve over steps
+    assert list(over_training.data[0].x) == sorted(set(beh.loc[beh.metric == "success_rate", "step"]))
+    assert len(figures.behaviour(beh, "reward_choice").data[0].x) == 1  # one checkpoint: by condition
 
 
 # ---------------------------------------------------------------------------------------------- the browser

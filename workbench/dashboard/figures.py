@@ -254,30 +254,37 @@ def training_metrics(metrics: pd.DataFrame) -> go.Figure:
 
 
 def behaviour(table: pd.DataFrame, metric: str) -> go.Figure:
-    """One behavioural metric with its 95% intervals, for every condition, run (seed) and checkpoint."""
+    """One behavioural metric with its 95% intervals for every condition and run (seed): over training steps when
+    the table holds several checkpoints, side by side by condition otherwise."""
     rows = table[table["metric"] == metric]
     if rows.empty:
         return message(f"no rows for {metric}", "behaviour")
     rows = rows.assign(
         where=rows["distribution"].astype(str) + " · " + rows["condition"].astype(str),
-        who=[("mean of seeds" if interval == "t-across-seeds" else str(run).rstrip("/").rsplit("/", 1)[-1])
-             + f" @ {step}" for run, step, interval in zip(rows["run"], rows["step"], rows["interval"], strict=True)],
+        who=["mean of seeds" if interval == "t-across-seeds" else str(run).rstrip("/").rsplit("/", 1)[-1]
+             for run, interval in zip(rows["run"], rows["interval"], strict=True)],
     )  # fmt: skip
+    over_steps = rows["step"].nunique() > 1
     fig = go.Figure()
-    for who, group in rows.groupby("who", sort=False):
+    keys = ["where", "who"] if over_steps else ["who", "step"]
+    for key, group in rows.groupby(keys, sort=False):
+        group = group.sort_values("step")
+        name = f"{key[0]} — {key[1]}" if over_steps else f"{key[0]} @ {key[1]:,}"
         fig.add_trace(
             go.Scatter(
-                x=group["where"], y=group["value"], mode="markers", name=who, marker={"size": 10},
+                x=group["step"] if over_steps else group["where"], y=group["value"], name=name,
+                mode="lines+markers" if over_steps else "markers", marker={"size": 9},
                 error_y={"type": "data", "symmetric": False, "array": group["ci_high"] - group["value"],
                          "arrayminus": group["value"] - group["ci_low"]},
                 customdata=np.stack([group["n"], group["interval"]], -1),
                 hovertemplate="%{x}: %{y:.3f}<br>n=%{customdata[0]} (%{customdata[1]})",
             )
         )  # fmt: skip
-    fig.update_layout(scattermode="group")
+    fig.update_layout(scattermode="group", showlegend=True)
     fig.update_yaxes(title=metric)
-    return _layout(fig, f"{metric} with 95% intervals, by condition, seed and checkpoint",
-                   legend={"orientation": "h", "y": -0.3})  # fmt: skip
+    fig.update_xaxes(title="training step" if over_steps else "distribution · condition")
+    how = "over training, by condition and seed" if over_steps else "by condition, seed and checkpoint"
+    return _layout(fig, f"{metric} with 95% intervals, {how}", legend={"orientation": "h", "y": -0.3})
 
 
 # ---------------------------------------------------------------------------------------------- patching
