@@ -30,6 +30,13 @@ def build_run(base: Path) -> Path:
     run_dir = base / "run"
     if (run_dir / ".complete").exists():
         return run_dir
+    from workbench.dashboard.data import one_torch_thread
+
+    with one_torch_thread():  # tiny batches on a shared machine: ~10x faster on one thread
+        return _build_run(run_dir)
+
+
+def _build_run(run_dir: Path) -> Path:
     import probes
     from workbench.behaviour import behaviour_table, variant_config
     from workbench.checkpoints import list_steps, load_policy, step_stem
@@ -151,9 +158,12 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(run_dir):
-    served = Served(run_dir)
-    yield served
-    served.close()
+    from workbench.dashboard.data import one_torch_thread
+
+    with one_torch_thread():  # as `workbench dashboard` serves
+        served = Served(run_dir)
+        yield served
+        served.close()
 
 
 @pytest.fixture(scope="module")
@@ -379,23 +389,26 @@ def record_latency(times: list[tuple[str, float]], load_times: list[tuple[str, f
 def test_missing_results_show_what_to_run(bare_run):
     from selenium.webdriver.common.by import By
 
-    served = Served(bare_run)
-    browser = make_browser()
-    try:
-        browser.get(served.url)
-        wait_for(browser, lambda: graph_title(browser, "ep-frame").startswith("frame 0"), what="the episode player")
-        expected = {"probes": "no probe table yet", "patching": "no patching results yet",
-                    "behaviour": "no behaviour table yet"}  # fmt: skip
-        for view, text in expected.items():
-            browser.find_element(By.ID, f"tab-{view}").click()
-            wait_for(browser, lambda t=text: t in browser.find_element(By.TAG_NAME, "body").text, what=text)
-            idle(browser, served)
-            screenshot(browser, f"dashboard-bare-{view}")
-        errors = console_errors(browser)
-        assert not errors, errors
-    finally:
-        browser.quit()
-        served.close()
+    from workbench.dashboard.data import one_torch_thread
+
+    with one_torch_thread():
+        served = Served(bare_run)
+        browser = make_browser()
+        try:
+            browser.get(served.url)
+            wait_for(browser, lambda: graph_title(browser, "ep-frame").startswith("frame 0"), what="the player")
+            expected = {"probes": "no probe table yet", "patching": "no patching results yet",
+                        "behaviour": "no behaviour table yet"}  # fmt: skip
+            for view, text in expected.items():
+                browser.find_element(By.ID, f"tab-{view}").click()
+                wait_for(browser, lambda t=text: t in browser.find_element(By.TAG_NAME, "body").text, what=text)
+                idle(browser, served)
+                screenshot(browser, f"dashboard-bare-{view}")
+            errors = console_errors(browser)
+            assert not errors, errors
+        finally:
+            browser.quit()
+            served.close()
 
 
 def test_cli_dashboard_and_report_commands(run_dir, tmp_path, monkeypatch):

@@ -72,6 +72,11 @@ class Report:
 
 def build_report(run_or_ckpt: str | Path, out: str | Path, progress: Callable[[str], None] | None = None) -> Path:
     """Write the report of a run directory (or of one checkpoint in its run) to `out`; returns the path."""
+    with data.one_torch_thread():
+        return _build(run_or_ckpt, out, progress)
+
+
+def _build(run_or_ckpt: str | Path, out: str | Path, progress: Callable[[str], None] | None) -> Path:
     run_dir, focus = resolve(run_or_ckpt)
     run = data.load_run(run_root(run_dir))
     say = progress or (lambda what: None)
@@ -129,6 +134,18 @@ def build_report(run_or_ckpt: str | Path, out: str | Path, progress: Callable[[s
         frame = data.read_table(run.root, [table])
         report.note(table)
         report.figures(*[figures.patching(frame, hook) for hook in frame["hook"].unique()])
+
+    say("steering")
+    report.heading(f"Steering at step {focus:,}")
+    options = data.steering_options(run, focus)
+    if options:
+        spec, coef = options[0]["value"], 2.0
+        report.note(f"{options[0]['label']}: one episode steered at coefficients -{coef:g} and +{coef:g} beside the "
+                    f"unsteered one, and {data.STEERING_EPISODES} episodes' rates with Wilson intervals.")  # fmt: skip
+        base = data.steered_path(run, focus, spec, 0.0)
+        report.figures(*[figures.steering_paths(ep.obs[0], base, data.steered_path(run, focus, spec, c), f"coef {c:g}")
+                         for c in (-coef, coef)])  # fmt: skip
+        report.figures(*[figures.steering_effects(data.steering_effects(run, focus, spec, c)) for c in (-coef, coef)])
 
     say("behaviour")
     report.heading("Behaviour")

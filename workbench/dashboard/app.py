@@ -175,7 +175,8 @@ def page(root: Path) -> html.Div:
 
 def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8050, debug: bool = False) -> None:
     app = create_app(run_dir)
-    app.run(host=host, port=port, debug=debug)
+    with data.one_torch_thread():
+        app.run(host=host, port=port, debug=debug)
 
 
 def wait_warm(app: Dash, timeout: float = 60.0) -> None:
