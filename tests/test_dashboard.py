@@ -181,8 +181,7 @@ def test_paths_outside_the_run_directory_are_refused(run_dir, tmp_path):
     assert safe_path(root, "probes.parquet") == root / "probes.parquet"
     assert safe_path(root, "results/behaviour.parquet").is_file()
     outside = tmp_path / "secret.parquet"
-    pd.DataFrame({"hook": ["x"], "per": ["cell"], "site": ["0"], "source": ["clean"], "metric": ["m"],
-                  "value": [1.0]}).to_parquet(outside)  # fmt: skip
+    pd.read_parquet(run_dir / "patch.parquet").to_parquet(outside)  # a patching table, but outside
     link = root / "escape.parquet"
     link.symlink_to(outside)
     try:

@@ -11,6 +11,7 @@ import atexit
 import contextlib
 import functools
 import json
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,13 +82,17 @@ def _load_run(root: Path, run_key: tuple, step_keys: tuple) -> Run:
 
 
 def _tree_key(root: Path) -> tuple:
-    """Changes when a parquet file under root is added, removed or rewritten (a cheap stat of each)."""
+    """Changes when a parquet file under root is added, removed or rewritten (a stat of each; symlinked folders
+    are not followed, as in `find_tables`)."""
     keys = []
-    for path in sorted(root.rglob("*.parquet")):
-        try:
-            keys.append(file_key(path))
-        except OSError:
-            continue
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if name.endswith(".parquet"):
+                try:
+                    keys.append(file_key(Path(folder) / name))
+                except (OSError, PathError):
+                    continue
     return tuple(keys)
 
 

@@ -17,10 +17,12 @@ from workbench.errors import WorkbenchError
 
 # The columns that identify each kind of table (a table may hold more).
 TABLE_KINDS = {
-    "probes": {"hook", "label", "metric", "value", "control", "control_value", "selectivity"},
-    "behaviour": {"distribution", "condition", "metric", "value", "ci_low", "ci_high", "interval"},
-    "patching": {"hook", "per", "site", "source", "metric", "value"},
-}
+    "probes": {"run", "step", "hook", "label", "kind", "probe", "metric", "value", "ci_low", "ci_high", "control",
+               "control_value", "selectivity"},
+    "behaviour": {"run", "step", "distribution", "condition", "metric", "value", "ci_low", "ci_high", "n",
+                  "interval"},
+    "patching": {"hook", "per", "site", "source", "metric", "value", "ci_low", "ci_high"},
+}  # fmt: skip
 MAX_FILES = 500  # a run directory is small; stop listing rather than walk a huge tree
 
 
