@@ -244,9 +244,13 @@ def test_figures_from_tables(run_dir):
     heat = figures.selectivity_heatmap(best, run.steps[-1])
     assert heat.data[0].z.shape == (2, len(PROBE_LABELS))
     directions = data.probe_directions(run, "probes.parquet")
-    for d in directions:
-        assert figures.direction_grid(d).data  # every kind of direction draws
     ep = data.episode(run, run.steps[-1], 3, "train")
+    for d in directions:  # every kind of direction draws, and reads the frame
+        assert figures.direction_grid(d).data
+        assert figures.probe_on_frame(d, data.activation(run, d.step, ep.obs[0], d.hook), 0).layout.title
+    trash = data.find_direction(directions, run.steps[-1], "conv.1.hook_out", "trash_map", "conv1x1")
+    grid = figures.probe_on_frame(trash, data.activation(run, run.steps[-1], ep.obs[0], "conv.1.hook_out"), 0)
+    assert grid.data[0].z.shape == (7, 7) and 0 <= grid.data[0].z.min() <= grid.data[0].z.max() <= 1
     assert len(ep) == len(ep.actions) + 1 == len(ep.labels) and np.allclose(ep.probs.sum(1), 1, atol=1e-5)
     for hook, shape in data.hook_names(run, run.steps[-1]).items():
         act = data.activation(run, run.steps[-1], ep.obs[0], hook)
@@ -335,6 +339,7 @@ def test_every_view_renders_without_console_errors_and_controls_change_figures(s
         if view == "probes":
             before = graph_title(browser, "probe-curves")
             assert "over training" in before and graph_title(browser, "probe-direction").startswith("direction")
+            assert "read on frame" in graph_title(browser, "probe-frame")
             heat = browser.find_element(By.CSS_SELECTOR, "#probe-heat .nsewdrag")
             width, height = heat.size["width"], heat.size["height"]
             cells = [(x, y) for y in (0.25, 0.75) for x in (0.1, 0.4, 0.6, 0.9)]  # 2 hooks x 4 labels

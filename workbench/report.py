@@ -122,7 +122,10 @@ def _build(run_or_ckpt: str | Path, out: str | Path, progress: Callable[[str], N
         directions = data.probe_directions(run, table)
         for row in top.itertuples():
             direction = data.find_direction(directions, step, row.hook, row.label, row.probe)
-            extra = [figures.direction_grid(direction)] if direction is not None else []
+            extra = []
+            if direction is not None:
+                act = data.activation(run, step, ep.obs[0], row.hook)
+                extra = [figures.direction_grid(direction), figures.probe_on_frame(direction, act, 0)]
             report.figures(figures.probe_curves(scores, row.hook, row.label, row.probe), *extra)
 
     say("patching")

@@ -343,3 +343,22 @@ def steering_effects(result: dict) -> go.Figure:
     fig.update_yaxes(range=[0, 1.05], title="rate")
     title = f"{result['vector']} at {result['hook']}, coef {result['coef']:g}: {result['episodes']} episodes"
     return _layout(fig, title, legend={"orientation": "h", "y": -0.3})
+
+
+def probe_on_frame(direction, act: np.ndarray, t: int) -> go.Figure:
+    """What a probe reads on one frame, over the grid: a map probe's prediction per cell (probability for a
+    logistic read-out), or for a probe of a whole conv map, each cell's contribution w[:, y, x] · act[:, y, x]."""
+    weight, bias = direction.weight.float().numpy(), direction.bias.float().numpy()
+    title = f"{direction.label} read on frame {t} ({direction.probe}, step {direction.step})"
+    if direction.probe == "conv1x1" and act.ndim == 3:
+        logits = np.einsum("c,cyx->yx", weight, act) + bias
+        return _grid(1 / (1 + np.exp(-logits)), title + ": P(per cell)")
+    if direction.kind == "map" and weight.shape[2:] == act.shape:
+        logits = weight.reshape(*weight.shape[:2], -1) @ act.reshape(-1) + bias
+        return _grid(1 / (1 + np.exp(-logits)), title + ": P(per cell)")
+    if weight.shape == act.shape and act.ndim == 3:
+        return _grid((weight * act).sum(0), title + ": contribution per cell")
+    if weight.shape == act.shape:
+        score = float((weight * act).sum() + bias.sum())
+        return message(f"{direction.label}: probe output {score:.3f} on frame {t} (no grid at {direction.hook})")
+    return message(f"{direction.label} ({direction.kind}): {weight.shape[0]} classes; see the direction beside")

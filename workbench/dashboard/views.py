@@ -251,7 +251,8 @@ def probe_layout(run: data.Run) -> html.Div:
             html.Div(
                 [
                     html.Div(graph("probe-curves"), style={"flex": "1 1 480px"}),
-                    html.Div(graph("probe-direction"), style={"flex": "1 1 400px"}),
+                    html.Div(graph("probe-direction"), style={"flex": "1 1 360px"}),
+                    html.Div(graph("probe-frame"), style={"flex": "1 1 360px"}),
                 ],
                 style=ROW,
             ),  # fmt: skip
@@ -282,18 +283,23 @@ def probe_callbacks(app, run: data.Run) -> None:
     @app.callback(
         Output("probe-curves", "figure"),
         Output("probe-direction", "figure"),
+        Output("probe-frame", "figure"),
         Input("probe-heat", "clickData"),
         Input("probe-table", "value"),
         Input("probe-step", "value"),
+        Input("ep-step", "value"),
+        Input("ep-seed", "value"),
+        Input("ep-dist", "value"),
+        Input("ep-t", "value"),
     )
-    @guarded(2, 0, 1)
-    def probe_detail(click, table, step):
+    @guarded(3, 0, 1, 2)
+    def probe_detail(click, table, step, ep_step, seed, distribution, t):
         if not table or step is None:
-            return figures.message(MISSING["probes"]), figures.message("click a cell of the heatmap")
+            return figures.message(MISSING["probes"]), figures.message("click a cell of the heatmap"), no_update
         scores, best = data.probe_tables(run, table)
         at = best[best["step"] == int(step)]
         if at.empty:
-            return figures.message("no probes at this step"), figures.message("")
+            return figures.message("no probes at this step"), figures.message(""), no_update
         point = (click or {}).get("points", [{}])[0]
         chosen = at[(at["hook"] == point.get("y")) & (at["label"] == point.get("x"))]
         # before any click (or a click on another table's cell): the most selective probe at this step
@@ -302,8 +308,11 @@ def probe_callbacks(app, run: data.Run) -> None:
         curves = figures.probe_curves(scores, hook, label, probe)
         direction = data.find_direction(data.probe_directions(run, table), int(step), hook, label, probe)
         if direction is None:
-            return curves, figures.message(f"no saved direction for {label} on {hook} at step {step}")
-        return curves, figures.direction_grid(direction)
+            return curves, figures.message(f"no saved direction for {label} on {hook} at step {step}"), no_update
+        ep = data.episode(run, ep_step, seed or 0, distribution)
+        t = int(np.clip(t or 0, 0, len(ep) - 1))
+        act = data.activation(run, int(step), ep.obs[t], hook)  # the probe's own checkpoint, the player's frame
+        return curves, figures.direction_grid(direction), figures.probe_on_frame(direction, act, t)
 
 
 # ---------------------------------------------------------------------------------------------- patching
