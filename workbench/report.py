@@ -73,10 +73,13 @@ class Report:
 def build_report(run_or_ckpt: str | Path, out: str | Path, progress: Callable[[str], None] | None = None) -> Path:
     """Write the report of a run directory (or of one checkpoint in its run) to `out`; returns the path."""
     with data.one_torch_thread():
-        return _build(run_or_ckpt, out, progress)
+        report = render(run_or_ckpt, progress)
+    (progress or (lambda what: None))("write")
+    return atomic_write_bytes(out, report.html().encode())
 
 
-def _build(run_or_ckpt: str | Path, out: str | Path, progress: Callable[[str], None] | None) -> Path:
+def render(run_or_ckpt: str | Path, progress: Callable[[str], None] | None = None) -> Report:
+    """Every section and figure of the report, not yet written (the dashboard's warm-up draws it too)."""
     run_dir, focus = resolve(run_or_ckpt)
     run = data.load_run(run_root(run_dir))
     say = progress or (lambda what: None)
@@ -160,8 +163,7 @@ def _build(run_or_ckpt: str | Path, out: str | Path, progress: Callable[[str], N
         metrics = [m for m in frame["metric"].unique() if m in BEHAVIOUR_METRICS] or list(frame["metric"].unique())
         report.figures(*[figures.behaviour(frame, metric) for metric in metrics[:6]])
 
-    say("write")
-    return atomic_write_bytes(out, report.html().encode())
+    return report
 
 
 BEHAVIOUR_METRICS = ("reward_choice", "task_choice", "reward_share", "deposit_rate", "coverage", "goal_rate",

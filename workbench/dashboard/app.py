@@ -51,14 +51,11 @@ class Warmup:
         yield "steering", lambda: self._steering(last)
 
     def _figures(self) -> None:
-        """Draw each kind of figure once: plotly builds its validators on first use (~0.3 s)."""
-        from workbench.dashboard import figures
+        """Draw the report's figures, every kind the views draw: plotly builds its validators on first use (~0.2 s
+        per kind of figure), and the report's episodes, activations and steering fill the caches too."""
+        from workbench.report import render
 
-        ep = data.episode(self.run, self.run.steps[-1], 0, "train")
-        figures.frame(ep.obs[0]).to_plotly_json()
-        figures.action_probs(ep.probs[0], data.action_names(len(ep.probs[0])), 0).to_plotly_json()
-        figures.episode_trace(ep.value, ep.reward, ep.events, 0).to_plotly_json()
-        figures.training_metrics(self.run.metrics).to_plotly_json()
+        render(self.run.root)
 
     def _steering(self, step: int) -> None:
         """The first vector the steering view offers, unsteered and at coefficient 0, then the slider's others."""
