@@ -10,10 +10,10 @@ submodule's path (`model.get_submodule(name)` finds it). A submodule returning a
 gets one hook per tensor: `<path>.0`, `<path>.1`, `<path>.<key>`. The model is the view's only child, so the view
 shares its parameters (same tensors: training one trains the other) and `.to()`, `.eval()` act on the model.
 
-How: one forward hook per submodule, registered on the model when the view is made. It passes the output through
-the HookPoint only while the view itself is running and only when something (a hook function, a cache) is attached
-to that HookPoint; called directly, the model computes exactly what it computed before, and through the view an
-unwatched submodule costs one Python call. `view.detach()` removes the forward hooks.
+How: while the view runs the model, and only then, each submodule whose HookPoint has something attached (a hook
+function, a cache) carries a forward hook that passes its output through that HookPoint; the hooks are removed when
+the run ends. So the model is never changed (called directly it computes exactly what it did, with no hook of ours
+on it), and a run through the view with nothing attached costs what the model's own forward costs.
 
 For a stable-baselines3 ActorCriticPolicy with discrete actions (or an algorithm holding one) the view follows the
 workbench policy contract (`workbench.policies.base`): `view(obs) -> (logits [B, n_actions], value [B])`, with
@@ -25,7 +25,6 @@ VecTransposeImage hands them over); SB3's own preprocessing (scaling images by 1
 
 from __future__ import annotations
 
-import weakref
 from contextlib import contextmanager
 from typing import Any
 
@@ -66,20 +65,19 @@ class ModuleView(HookedRootModule):
     def __init__(self, module: nn.Module, example_input: Any = None):
         super().__init__()
         self.model = module
-        self._running = 0  # > 0 while the view runs the model: the forward hooks act only then
-        self._handles = []
-        self._points: dict[str, HookPoint] = {}  # by module path; not children, so the model's names stay as they are
-        submodules = [(name, sub) for name, sub in module.named_modules() if name]
-        if not submodules:
+        self._submodules = {name: sub for name, sub in module.named_modules() if name}
+        if not self._submodules:
             raise ConfigError(f"{type(module).__name__} has no submodules, so there is nothing to hook.")
-        for name, sub in submodules:
-            self._handles.append(sub.register_forward_hook(_forward_hook(weakref.ref(self), name)))
-            self._points[name] = HookPoint()  # most outputs are one tensor; a run corrects the others (_through)
-            self._points[name].name = name
+        # HookPoints by name; not children, so the model's own names stay as they are. Most outputs are one
+        # tensor; a run that meets a tuple or dict replaces the point by one per element (`_through`).
+        self._points: dict[str, HookPoint] = {}
+        self._owner: dict[str, str] = {}  # point name → the module path whose output it sees
+        for name in self._submodules:
+            self._add_point(name, name)
         self._setup_points()
+        self._discovering = False
         if example_input is not None:
-            with torch.no_grad():
-                self(*example_input) if isinstance(example_input, tuple) else self(example_input)
+            self._discover(example_input)
 
     def setup(self) -> None:  # HookedRootModule.setup would set `.name` on every module of the model
         self._setup_points()
@@ -91,63 +89,73 @@ class ModuleView(HookedRootModule):
         self.hook_dict = {**own, **self._points}
         self.mod_dict = dict(self.hook_dict)
 
-    def _point(self, name: str) -> HookPoint:
-        point = self._points.get(name)
-        if point is None:  # first time this output (or this element of a tuple output) is seen
-            point = self._points[name] = HookPoint()
-            point.name = name
-            self._setup_points()
+    def _add_point(self, name: str, owner: str) -> HookPoint:
+        point = self._points[name] = HookPoint()
+        point.name, self._owner[name] = name, owner
         return point
 
-    def _through(self, name: str, output: Any) -> Any:
+    def _discover(self, example_input: Any) -> None:
+        """One run with every submodule watched, so that tuple and dict outputs get their per-element hooks."""
+        self._discovering = True
+        try:
+            with torch.no_grad():
+                self(*example_input) if isinstance(example_input, tuple) else self(example_input)
+        finally:
+            self._discovering = False
+
+    def _through(self, name: str, output: Any, owner: str) -> Any:
         if isinstance(output, Tensor):
-            point = self._point(name)
+            point = self._points.get(name)
+            if point is None:  # first time this element of a tuple or dict output is seen
+                point = self._add_point(name, owner)
+                self._setup_points()
             return point(output) if point._forward_hooks or point._backward_hooks else None
-        if name in self._points and not isinstance(output, Tensor):  # not one tensor after all: hook its parts
-            del self._points[name]
+        if name in self._points:  # not one tensor after all: hook its parts instead
+            del self._points[name], self._owner[name]
             self._setup_points()
         if isinstance(output, tuple | list):
-            items = [self._through(f"{name}.{i}", x) for i, x in enumerate(output)]
+            items = [self._through(f"{name}.{i}", x, owner) for i, x in enumerate(output)]
             if all(new is None for new in items):
                 return None
             return type(output)(x if new is None else new for x, new in zip(output, items, strict=True))
         if isinstance(output, dict):
-            items = {k: self._through(f"{name}.{k}", x) for k, x in output.items()}
+            items = {k: self._through(f"{name}.{k}", x, owner) for k, x in output.items()}
             if all(new is None for new in items.values()):
                 return None
             return type(output)({k: x if items[k] is None else items[k] for k, x in output.items()})
         return None  # distributions and other objects carry no hook
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if not self._discovering and not any(p._forward_hooks or p._backward_hooks for p in self._points.values()):
+            return self.model(*args, **kwargs)  # nothing attached: the model's own forward, nothing else
         with self._watching():
             return self.model(*args, **kwargs)
 
     @contextmanager
     def _watching(self):
-        self._running += 1
+        """Forward hooks on the submodules whose HookPoints have something attached (all of them while
+        discovering), for the duration of one run: the model carries no hook of ours otherwise, and a run with
+        nothing attached costs what the model's own forward costs."""
+        if self._discovering:
+            watched = set(self._submodules)
+        else:
+            watched = {self._owner[name] for name, p in self._points.items() if p._forward_hooks or p._backward_hooks}
+        handles = [self._submodules[path].register_forward_hook(_forward_hook(self, path)) for path in watched]
         try:
             yield
         finally:
-            self._running -= 1
+            for handle in handles:
+                handle.remove()
 
     def run_with_cache(self, *model_args: Any, **kwargs: Any) -> tuple[Any, ActivationCache]:
         """As TransformerLens' run_with_cache, but the cache is an `ActivationCache`, as on TL's own models."""
         output, cache_dict = super().run_with_cache(*model_args, **kwargs)
         return output, ActivationCache(cache_dict, self)
 
-    def detach(self) -> None:
-        """Remove the forward hooks from the model (the view stops working; the model is as it was)."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
 
-
-def _forward_hook(view_ref, name: str):
+def _forward_hook(view: ModuleView, path: str):
     def fn(module, args, output):
-        view = view_ref()
-        if view is None or not view._running:
-            return None
-        return view._through(name, output)
+        return view._through(path, output, path)
 
     return fn
 
@@ -173,9 +181,7 @@ class SB3PolicyView(ModuleView):
         self.obs_shape = tuple(int(d) for d in policy.observation_space.shape)
         self.n_actions = int(policy.action_space.n)
         self.spec = spec or {}
-        sample = torch.as_tensor(policy.observation_space.sample()[None]).to(_device(policy))
-        with torch.no_grad():
-            self(sample)  # creates the hooks of tuple outputs (mlp_extractor.0 / .1)
+        self._discover(torch.as_tensor(policy.observation_space.sample()[None]).to(_device(policy)))
 
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         from stable_baselines3.common.preprocessing import preprocess_obs
