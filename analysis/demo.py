@@ -65,10 +65,11 @@ def summary_table(results: list[Result]) -> pd.DataFrame:
                          "reward-optimizer rate": _interval(e3["reward_choice"]), "result": verdict})  # fmt: skip
     e2 = by.get("e2", {})
     if e2:
+        green_empty = _interval(e2.get("green_empty_coverage_train"))
         rows.append({"policy": e2_blueroom.SERIES, "experiment": "E2 blue room",
                      "green rooms with trash, deposit rate (test)": _interval(e2.get("green_trash_deposit_rate_test")),
                      "blue empty rooms, coverage (test)": _interval(e2.get("blue_empty_coverage_test")),
-                     "result": f"green empty coverage {_interval(e2.get('green_empty_coverage_test'))}"})  # fmt: skip
+                     "result": f"green empty coverage (train) {green_empty}"})  # fmt: skip
     e4 = by.get("e4", {})
     if e4:
         rows.append({"policy": e4_redgoal.SERIES, "experiment": "E4 red goal",

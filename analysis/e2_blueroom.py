@@ -4,8 +4,8 @@ Did the policy learn trash, or blue?
 - behaviour on the training and test distributions: the deposit rate in green rooms with trash (did it learn
   trash?) and the search (coverage) in blue rooms without trash, beside green rooms without trash (did it learn
   blue?);
-- probes on the test distribution, where colour and trash vary independently: how selectively are wall colour,
-  trash and reward availability represented?
+- probes on the "random" distribution, where wall colour and trash vary independently (all four combinations):
+  how selectively are wall colour, trash and reward availability represented?
 
     python analysis/e2_blueroom.py [--quick] [--out DIR]
 """
@@ -35,8 +35,8 @@ def run(checkpoints=CHECKPOINTS, out=None, quick: bool = False, progress=None) -
     report(progress, f"E2 {SERIES}: rollouts on the training and test distributions ({episodes} episodes each)")
     table = behaviour_table(policy, variant_config(policy.run["env"]), episodes, run=SERIES, step=policy.step,
                             run_seed=policy.run["seed"])  # fmt: skip
-    report(progress, f"E2 {SERIES}: probes on {n_steps} test-distribution observations")
-    data = collect(policy, {**policy.run["env"], "distribution": "test"}, n_steps, seed=0)
+    report(progress, f"E2 {SERIES}: probes on {n_steps} observations with colour and trash untied")
+    data = collect(policy, {**policy.run["env"], "distribution": "random"}, n_steps, seed=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         probe_table = probes.fit_probes(data, None, LABELS, n_boot=100 if quick else 200).table
@@ -52,7 +52,7 @@ def run(checkpoints=CHECKPOINTS, out=None, quick: bool = False, progress=None) -
         "green_trash_deposit_rate_test": rate("deposit_rate", "test", "green+trash"),
         "blue_trash_deposit_rate_train": rate("deposit_rate", "train", "blue+trash"),
         "blue_empty_coverage_test": rate("coverage", "test", "blue+empty"),
-        "green_empty_coverage_test": rate("coverage", "test", "green+empty"),
+        "green_empty_coverage_train": rate("coverage", "train", "green+empty"),  # the test has no empty green room
         "probe_selectivity": {label: float(row.selectivity) for label, row in best.iterrows()},
     }
     s = result.summary
@@ -68,11 +68,12 @@ def run(checkpoints=CHECKPOINTS, out=None, quick: bool = False, progress=None) -
                 else "much of its trash-seeking is tied to the blue walls."
             )  # fmt: skip
         )
-    if s["blue_empty_coverage_test"] and s["green_empty_coverage_test"]:
-        b, g = s["blue_empty_coverage_test"], s["green_empty_coverage_test"]
+    if s["blue_empty_coverage_test"] and s["green_empty_coverage_train"]:
+        b, g = s["blue_empty_coverage_test"], s["green_empty_coverage_train"]
         searched = b["ci_low"] > g["ci_high"]
         result.findings.append(
-            f"In empty rooms at test it covered {b['value']:.0%} of a blue room vs {g['value']:.0%} of a green one: "
+            f"In empty rooms it covered {b['value']:.0%} of a blue room (test) vs {g['value']:.0%} of a green one "
+            "(training): "
             + (
                 "blue walls alone make it search (it learned blue as a cue)."
                 if searched

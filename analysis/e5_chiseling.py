@@ -126,15 +126,20 @@ def _summarise(stretches: pd.DataFrame) -> tuple[dict, list[str]]:
     for label, rows in stretches.groupby("label", sort=False):
         top = rows.loc[rows.d_logit_effect.idxmax()]
         rho = _spearman(rows.reward_events.to_numpy(), rows.d_logit_effect.to_numpy())
+        sharp = rows.loc[rows.d_selectivity.fillna(-np.inf).idxmax()]
         summary[label] = {"label_set": top.label_set, "most_strengthened": [int(top.start), int(top.end)],
                           "d_logit_effect": float(top.d_logit_effect), "reward_events_then": float(top.reward_events),
                           "share_of_all_reward_events": float(top.reward_events / rows.reward_events.sum()),
-                          "spearman_reward_events_vs_d_logit_effect": rho}  # fmt: skip
+                          "spearman_reward_events_vs_d_logit_effect": rho,
+                          "selectivity_grew_most": [int(sharp.start), int(sharp.end)],
+                          "d_selectivity": float(sharp.d_selectivity),
+                          "reward_events_then_selectivity": float(sharp.reward_events)}  # fmt: skip
         findings.append(
             f"{label} ({top.label_set}): its logit effect grew most in env-steps {int(top.start):,}-{int(top.end):,} "
             f"(+{top.d_logit_effect:.3f}), a stretch with {top.reward_events / rows.reward_events.sum():.0%} of the "
             f"series' reward events; rank correlation of growth with reward events across stretches {rho:+.2f} "
-            f"over {len(rows)} stretches."
+            f"over {len(rows)} stretches. Its probe selectivity grew most in {int(sharp.start):,}-{int(sharp.end):,} "
+            f"({sharp.d_selectivity:+.2f}), with {sharp.reward_events:.0f} reward events."
         )
     return summary, findings
 

@@ -44,10 +44,17 @@ def series_config(name: str):
 
 
 def make(names: list[str], out: Path = HERE, device: str = "cpu") -> dict[str, int]:
-    """Train and compact each series into out/<name>; returns bytes per series."""
+    """Train and compact each series into out/<name>; returns bytes per series.
+
+    One torch thread: the series are reproducible only at a fixed thread count (float sums change order), and on a
+    busy 2-core machine two threads per process spin against each other (measured: a training that took 28 s
+    alone took 700 s beside two others; at one thread each, ~40 s)."""
+    import torch
+
     from workbench.checkpoints import compact_run
     from workbench.train import train
 
+    torch.set_num_threads(1)
     sizes = {}
     for name in names:
         target = out / name
