@@ -46,10 +46,14 @@ def _build_run(run_dir: Path) -> Path:
     from workbench.steering import policy_env
     from workbench.train import TrainConfig, train
 
-    cfg = TrainConfig(env={"variant": "trash", "room_size": 5}, total_steps=512)
-    cfg.ppo.update({"n_envs": 16, "n_steps": 8, "batch_size": 64, "n_epochs": 1})
-    cfg.n_checkpoints, cfg.eval_episodes = 3, 4
-    train(cfg, run_dir, device="cpu")
+    source = os.environ.get("WORKBENCH_DASHBOARD_RUN")  # e.g. checkpoints/trash-cnn-s0: latency on real checkpoints
+    if source:
+        shutil.copytree(source, run_dir)
+    else:
+        cfg = TrainConfig(env={"variant": "trash", "room_size": 5}, total_steps=512)
+        cfg.ppo.update({"n_envs": 16, "n_steps": 8, "batch_size": 64, "n_epochs": 1})
+        cfg.n_checkpoints, cfg.eval_episodes = 3, 4
+        train(cfg, run_dir, device="cpu")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         probes.probe_sweep(run_dir, hooks=["conv.1.hook_out", "fc.hook_out"], labels=PROBE_LABELS, n_steps=1200,
@@ -339,7 +343,8 @@ def test_every_view_renders_without_console_errors_and_controls_change_figures(s
         if view == "probes":
             before = graph_title(browser, "probe-curves")
             assert "over training" in before and graph_title(browser, "probe-direction").startswith("direction")
-            assert "read on frame" in graph_title(browser, "probe-frame")
+            on_frame = graph_title(browser, "probe-frame")  # a vector hook has no grid: its output in words
+            assert "read on frame" in on_frame or "no grid at" in browser.find_element(By.ID, "probe-frame").text
             heat = browser.find_element(By.CSS_SELECTOR, "#probe-heat .nsewdrag")
             width, height = heat.size["width"], heat.size["height"]
             cells = [(x, y) for y in (0.25, 0.75) for x in (0.1, 0.4, 0.6, 0.9)]  # 2 hooks x 4 labels
