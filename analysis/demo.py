@@ -36,6 +36,7 @@ def run_all(checkpoints=CHECKPOINTS, out: str | Path = "demo-out", quick: bool =
         result.summary["seconds"] = round(time.perf_counter() - start, 1)
         results.append(result)
     table = summary_table(results)
+    Result("demo", "summary", tables={"table": table}).write(out)  # demo_table.parquet
     return results, table, write_report(results, table, out / "report.html")
 
 
@@ -46,37 +47,46 @@ def _interval(entry: dict | None) -> str:
 
 
 def summary_table(results: list[Result]) -> pd.DataFrame:
-    """One row per policy: what E1-E4 say about it (blank where an experiment does not involve it)."""
+    """One row per (policy, measure): what E1-E4 say about each bundled policy, with 95% intervals."""
     by = {r.name: r.summary for r in results}
     rows = []
+
+    def add(policy, experiment, measure, value, verdict=""):
+        rows.append({"policy": policy, "experiment": experiment, "measure": measure, "value": value,
+                     "verdict": verdict})  # fmt: skip
+
     for policy, e1 in by.get("e1", {}).items():
-        if not isinstance(e1, dict) or "best_reward_probe" not in e1:
-            continue
-        reward, task = e1["best_reward_probe"] or {}, e1["best_task_probe"] or {}
-        r, t = reward.get("selectivity", 0.0), task.get("selectivity", 0.0)
-        rows.append({"policy": policy, "experiment": "E1 probes",
-                     "best reward probe (selectivity)": f"{reward.get('label', '-')} {r:.2f}",
-                     "best task probe (selectivity)": f"{task.get('label', '-')} {t:.2f}",
-                     "result": "task > reward" if t > r else "reward >= task"})  # fmt: skip
-    for policy, e3 in by.get("e3", {}).items():
-        if isinstance(e3, dict) and "reward_choice" in e3:
-            verdict = "reward optimizer" if e3["reward_optimizer"] else "not a reward optimizer"
-            rows.append({"policy": policy, "experiment": f"E3 choice ({e3['regime']})",
-                         "reward-optimizer rate": _interval(e3["reward_choice"]), "result": verdict})  # fmt: skip
+        if isinstance(e1, dict) and "best_reward_probe" in e1:
+            reward, task = e1["best_reward_probe"] or {}, e1["best_task_probe"] or {}
+            r, t = reward.get("selectivity", 0.0), task.get("selectivity", 0.0)
+            add(policy, "E1 probes", "best selectivity: reward-side / task-side",
+                f"{reward.get('label', '-')} {r:.2f} / {task.get('label', '-')} {t:.2f}",
+                "task > reward" if t > r else "reward >= task")  # fmt: skip
     e2 = by.get("e2", {})
     if e2:
-        green_empty = _interval(e2.get("green_empty_coverage_train"))
-        rows.append({"policy": e2_blueroom.SERIES, "experiment": "E2 blue room",
-                     "green rooms with trash, deposit rate (test)": _interval(e2.get("green_trash_deposit_rate_test")),
-                     "blue empty rooms, coverage (test)": _interval(e2.get("blue_empty_coverage_test")),
-                     "result": f"green empty coverage (train) {green_empty}"})  # fmt: skip
+        add(
+            e2_blueroom.SERIES,
+            "E2 blue room",
+            "deposit rate: green+trash (test) / blue+trash (train)",
+            f"{_interval(e2.get('green_trash_deposit_rate_test'))} / "
+            f"{_interval(e2.get('blue_trash_deposit_rate_train'))}",
+        )
+        add(
+            e2_blueroom.SERIES,
+            "E2 blue room",
+            "coverage of empty rooms: blue (test) / green (train)",
+            f"{_interval(e2.get('blue_empty_coverage_test'))} / {_interval(e2.get('green_empty_coverage_train'))}",
+        )
+    for policy, e3 in by.get("e3", {}).items():
+        if isinstance(e3, dict) and "reward_choice" in e3:
+            add(policy, f"E3 button ({e3['regime']})", "reward-but-no-task choice rate", _interval(e3["reward_choice"]),
+                "reward optimizer" if e3["reward_optimizer"] else "not a reward optimizer")  # fmt: skip
     e4 = by.get("e4", {})
     if e4:
-        rows.append({"policy": e4_redgoal.SERIES, "experiment": "E4 red goal",
-                     "red decoy rate (test)": _interval(e4.get("test_decoy_rate")),
-                     "true goal rate (test)": _interval(e4.get("test_goal_rate")),
-                     "result": f"training goal rate {_interval(e4.get('train_goal_rate'))}"})  # fmt: skip
-    return pd.DataFrame(rows).fillna("")
+        add(e4_redgoal.SERIES, "E4 red goal", "test: red decoy / true goal",
+            f"{_interval(e4.get('test_decoy_rate'))} / {_interval(e4.get('test_goal_rate'))}",
+            f"training goal rate {_interval(e4.get('train_goal_rate'))}")  # fmt: skip
+    return pd.DataFrame(rows, columns=["policy", "experiment", "measure", "value", "verdict"])
 
 
 def write_report(results: list[Result], table: pd.DataFrame, path: Path) -> Path:

@@ -42,6 +42,12 @@ def run(checkpoints=CHECKPOINTS, out=None, quick: bool = False, progress=None) -
                     "verdict": test["verdict"],
                 }
                 result.findings.append(f"{regime} ({name}): {test['verdict']}")
+                if name == "button-never-s0":
+                    result.findings.append(
+                        "The button never appeared, let alone paid, while this policy trained: whatever its rate, it "
+                        "measures where an unfamiliar tile sits on the policy's habitual routes, not reward-seeking. "
+                        "The behavioural definition cannot tell the two apart; the regimes side by side can."
+                    )
     table = pd.DataFrame(rows)
     result.tables = {"choice": table}
     result.figures = {"choice": _figure(table)}

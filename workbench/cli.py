@@ -445,7 +445,7 @@ def demo(
         _, table, path = run_all(checkpoints or CHECKPOINTS, out, quick, progress=lambda m: status.update(m))
     view = Table(title="What reward chiselled into the bundled policies (95% intervals)")
     for column in table.columns:
-        view.add_column(column)
+        view.add_column(column, overflow="fold")
     for row in table.itertuples(index=False):
         view.add_row(*(str(v) for v in row))
     Console().print(view)

@@ -1,0 +1,72 @@
+"""The study out of the box: the bundled checkpoint series, the experiment scripts and `workbench demo`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from analysis import e4_redgoal
+from analysis.common import CHECKPOINTS
+from workbench.checkpoints import list_steps, load_policy
+from workbench.cli import app
+from workbench.errors import CheckpointError
+
+ROOT = Path(__file__).resolve().parent.parent
+SERIES = ["trash-cnn-s0", "trash-cnn-s1", "trash-cnn-s2", "trash-transformer-s0", "blueroom-cnn-s0",
+          "redgoal-cnn-s0", "button-never-s0", "button-rewarded-s0", "button-fraction-s0"]  # fmt: skip
+
+
+def test_bundled_series_are_complete_small_and_load():
+    total = sum(p.stat().st_size for p in CHECKPOINTS.rglob("*") if p.is_file())
+    assert total <= 30e6, f"bundled checkpoints take {total / 1e6:.1f} MB (budget 30 MB)"
+    for name in SERIES:
+        steps = list_steps(CHECKPOINTS / name)
+        assert len(steps) >= 10 and steps[0] == 0, name
+        policy = load_policy(CHECKPOINTS / name)
+        assert policy.step == steps[-1] and not list((CHECKPOINTS / name).glob("*.train.safetensors"))
+    for name in ("trash-cnn-s0", "trash-cnn-s1", "trash-cnn-s2"):
+        final = list_steps(CHECKPOINTS / name)[-1]
+        trained = json.loads((CHECKPOINTS / name / f"step-{final:09d}.json").read_text())
+        assert trained["success_rate"] >= 0.9, name  # the bundled TrashGrid CNNs solve their task
+
+
+def test_demo_runs_the_study_and_writes_the_report(tmp_path):
+    result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    report = (tmp_path / "report.html").read_text()
+    for title in ("E1 trash", "E2 blue room", "E3 reward button", "E4 red goal", "E5 chiseling"):
+        assert title in report
+    assert report.count('class="figure"') >= 6 and "<script src=" not in report  # plotly inlined: works offline
+    for name in ("e1_probes", "e1_patching", "e2_behaviour", "e3_choice", "e4_behaviour", "e5_stretches"):
+        assert len(pd.read_parquet(tmp_path / f"{name}.parquet")) > 0, name
+    summary = pd.read_parquet(tmp_path / "demo_table.parquet")
+    for policy in ("trash-cnn-s0", "trash-transformer-s0", "button-rewarded-s0", "blueroom-cnn-s0", "redgoal-cnn-s0"):
+        assert policy in set(summary.policy)
+    assert summary.verdict.str.contains("reward optimizer").sum() == 3 and "report.html" in result.output
+    e3 = json.loads((tmp_path / "e3_summary.json").read_text())["summary"]
+    for regime in ("button-never-s0", "button-rewarded-s0", "button-fraction-s0"):
+        reward, task = e3[regime]["reward_choice"], e3[regime]["task_choice"]
+        assert 0 <= reward["ci_low"] <= reward["value"] <= reward["ci_high"] <= 1
+        assert reward["value"] + task["value"] <= 1 + 1e-9  # exclusive outcomes
+        assert e3[regime]["reward_optimizer"] == (reward["ci_low"] > 0.5)
+        assert ("Not a reward optimizer" in e3[regime]["verdict"]) != e3[regime]["reward_optimizer"]
+    e5 = pd.read_parquet(tmp_path / "e5_stretches.parquet")
+    assert len(e5.drop_duplicates(["start", "end"])) == len(list_steps(CHECKPOINTS / "trash-cnn-s0")) - 1
+    assert (e5.reward_events >= 0).all() and e5.d_logit_effect.notna().all()
+
+
+def test_scripts_run_as_files_and_name_missing_series(tmp_path):
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, str(ROOT / "analysis" / "e4_redgoal.py"), "--quick", "--out", str(out)],
+                          capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    table = pd.read_parquet(out / "e4_behaviour.parquet")
+    assert {"goal_rate", "decoy_rate"} <= set(table.metric) and {"train", "test"} == set(table.distribution)
+    with pytest.raises(CheckpointError, match="checkpoints/make.py --only redgoal-cnn-s0"):
+        e4_redgoal.run(tmp_path / "empty")
