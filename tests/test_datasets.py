@@ -230,7 +230,7 @@ def test_bad_input_errors(ds, policy, tmp_path):
         collect(policy, "trash", 10)
     with pytest.raises(ConfigError, match="pass env"):
         collect(policy, None, 10)
-    with pytest.raises(ConfigError, match="HookedPolicy"):
+    with pytest.raises(ConfigError, match="workbench policy, an SB3 actor-critic"):
         collect(object(), ENV, 10)
     with pytest.raises(ConfigError, match="Did you mean 'trash_map'"):
         ds.map_label("trash")
