@@ -31,12 +31,12 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from contextlib import contextmanager
 
 import torch
 from torch import Tensor
 
 from probes.errors import ProbeError
+from workbench.threads import one_torch_thread
 
 GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # μ; features are standardised, so Σ has a unit diagonal
 CURVATURE = {"sigmoid": 0.25, "softmax": 0.5}
@@ -228,18 +228,7 @@ def fit_classifiers(
         return _fit_path(feats, Y, problem, softmax, val_logits, Y_val, max_iter, rtol, memory, min_delta)
 
 
-@contextmanager
-def one_thread():
-    """Probe fitting is thousands of small and middling tensor ops: on CPU a second thread gains them little
-    (the big products gain ~1.5x), and when another process keeps a core busy every op waits for the descheduled
-    thread: the test suite took 350 s instead of 10 (DESIGN.md saw 2-30x). One thread is the robust default;
-    run several sweeps side by side to use more cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+one_thread = one_torch_thread  # probe fitting is many small ops: see workbench.threads
 
 
 def _fit_path(feats, Y, problem, softmax, val_logits, Y_val, max_iter, rtol, memory, min_delta):

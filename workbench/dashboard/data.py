@@ -8,7 +8,6 @@ Episodes and activations are keyed by the checkpoint file's key as well.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import functools
 import json
 import os
@@ -24,6 +23,7 @@ from workbench.checkpoints import list_steps, read_json, read_run, step_stem
 from workbench.dashboard.paths import PathError, file_key, find_tables, safe_path
 from workbench.envs import ACTION_NAMES, EVENTS, BatchEnv, make_config
 from workbench.envs.config import DISTRIBUTIONS
+from workbench.threads import one_torch_thread  # noqa: F401  (re-exported: the app and tests take it from here)
 
 SCALAR_LABELS_HIDDEN = ("episode_id", "reward") + tuple(f"event_{e}" for e in EVENTS)
 
@@ -436,19 +436,6 @@ def prefetch_steering(run: Run, step: int, spec: str, coefs) -> threading.Thread
 
 
 # ---------------------------------------------------------------------------------------------- threads
-@contextlib.contextmanager
-def one_torch_thread():
-    """Torch on one intra-op thread inside. The dashboard's work is single frames and small batches, from several
-    request threads at once; intra-op threads then only contend (measured on 2 busy cores: a 50-step episode took
-    1.7 s with 2 threads and 53 ms with 1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 # ---------------------------------------------------------------------------------------------- background work
 STOP = threading.Event()
 _THREADS: list[threading.Thread] = []
