@@ -4,9 +4,10 @@ did that happen where reward events happened?
 Reward is the cognition-updater: it chisels computations into the policy where it is received. This tracer puts,
 for each stretch of training between consecutive checkpoints of the TrashGrid CNN:
 
-- reward events: deposits paid in that stretch, estimated from the evaluation rollouts at its two ends (deposits
-  per env-step under each checkpoint's policy, trapezoid over the stretch's env-steps; the training log itself
-  keeps no per-event record);
+- reward events: the rewards training received in that stretch, as the trainer logged them with each checkpoint
+  (`train_reward_events`); for a series trained before that was logged, an estimate from the evaluation rollouts
+  at the stretch's two ends (deposits per env-step under each checkpoint's policy, trapezoid over the stretch);
+  the `reward_events_source` column says which;
 - per feature (task-side: carrying, distance to the nearest target; reward-side: reward within k steps,
   return-to-go), at one hook, on one fixed set of observations replayed through every checkpoint:
   - probe selectivity (score minus the best control) with its interval (`probes.probe_sweep`);
@@ -99,13 +100,15 @@ def _stretches(run_dir, steps, table: pd.DataFrame, effects: pd.DataFrame) -> pd
     rows = []
     for a, b in zip(steps, steps[1:], strict=False):
         (rate_a, _), (rate_b, success_b) = _reward_rate(run_dir, a), _reward_rate(run_dir, b)
-        events = (b - a) * (rate_a + rate_b) / 2
+        logged = read_json(run_dir / f"{step_stem(b)}.json").get("train_reward_events")
+        events = float(logged) if logged is not None else (b - a) * (rate_a + rate_b) / 2
         for label in FEATURES:
             ea = effects[(effects.step == a) & (effects.label == label)]
             eb = effects[(effects.step == b) & (effects.label == label)]
             if ea.empty or eb.empty:
                 continue
             rows.append({"start": a, "end": b, "label": label, "label_set": FEATURES[label], "reward_events": events,
+                         "reward_events_source": "logged" if logged is not None else "estimated",
                          "success_at_end": success_b,
                          "d_selectivity": selectivity.get((b, label), np.nan) - selectivity.get((a, label), np.nan),
                          "d_strength": float(eb.strength.iloc[0] - ea.strength.iloc[0]),
@@ -146,7 +149,7 @@ def _summarise(stretches: pd.DataFrame) -> tuple[dict, list[str]]:
 
 def _figure(table: pd.DataFrame, effects: pd.DataFrame, stretches: pd.DataFrame) -> go.Figure:
     fig = make_subplots(rows=4, cols=1, shared_xaxes=True, vertical_spacing=0.05,
-                        subplot_titles=("reward events per stretch (estimated) and success rate",
+                        subplot_titles=("reward events per stretch (logged in training) and success rate",
                                         "probe selectivity (balanced accuracy or R², minus shuffled control)",
                                         "logit effect of a one-sd push along the probe direction",
                                         "growth of the logit effect per stretch"))  # fmt: skip

@@ -59,6 +59,7 @@ def test_demo_runs_the_study_and_writes_the_report(tmp_path):
     e5 = pd.read_parquet(tmp_path / "e5_stretches.parquet")
     assert len(e5.drop_duplicates(["start", "end"])) == len(list_steps(CHECKPOINTS / "trash-cnn-s0")) - 1
     assert (e5.reward_events >= 0).all() and e5.d_logit_effect.notna().all()
+    assert set(e5.reward_events_source) == {"logged"}  # the bundled series carry what training received
 
 
 def test_scripts_run_as_files_and_name_missing_series(tmp_path):

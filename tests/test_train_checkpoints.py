@@ -227,3 +227,13 @@ def test_compact_run_halves_the_weights_and_keeps_behaviour(run_dir, tmp_path):
     assert compact_run(copy) == size  # idempotent: a killed compaction is finished by running it again
     with pytest.raises(CheckpointError, match="floating dtype"):
         compact_run(copy, dtype="int8")
+
+
+def test_each_checkpoint_records_what_training_received_since_the_last(run_dir):
+    steps = ckpt.list_steps(run_dir)
+    stretches = [json.loads((run_dir / f"step-{s:09d}.json").read_text()) for s in steps]
+    assert stretches[0]["train_env_steps"] == 0
+    for a, b, m in zip(steps, steps[1:], stretches[1:], strict=False):
+        assert m["train_env_steps"] == b - a  # every env-step of the stretch counted once
+        assert 0 <= m["train_reward_events"] <= m["train_env_steps"]
+        assert m["train_reward_sum"] >= 0  # TrashGrid pays only on deposits

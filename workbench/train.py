@@ -307,12 +307,16 @@ class _CheckpointCallback(BaseCallback):
         self.solved_at: int | None = None
         self.recent_success: list[float] = []
         self.recent_return: list[float] = []
+        self.stretch = {"env_steps": 0, "reward_events": 0, "reward_sum": 0.0}  # since the last checkpoint
 
     def save(self, model, step: int) -> dict:
         t0 = time.perf_counter()
         metrics = _evaluate(model.policy.hooked, self.config)
         self.eval_seconds += time.perf_counter() - t0
         metrics["train_seconds"] = round(self.train_seconds(), 3)
+        # What training itself received since the previous checkpoint (the chiseling tracer aligns with it).
+        metrics |= {f"train_{k}": v for k, v in self.stretch.items()}
+        self.stretch = {"env_steps": 0, "reward_events": 0, "reward_sum": 0.0}
         ckpt.save_step(self.out, step, model.policy.hooked, metrics, _train_state(model))
         _prune_train_state(self.out, keep=step)
         if self.stop_at is not None and metrics["success_rate"] >= self.stop_at:
@@ -324,6 +328,10 @@ class _CheckpointCallback(BaseCallback):
         return time.perf_counter() - self.start_time - self.eval_seconds
 
     def _on_step(self) -> bool:
+        rewards = self.locals["rewards"]
+        self.stretch["env_steps"] += len(rewards)
+        self.stretch["reward_events"] += int(np.count_nonzero(rewards))
+        self.stretch["reward_sum"] += float(rewards.sum())
         for info in self.locals["infos"]:
             if "episode" in info:
                 self.recent_return.append(info["episode"]["r"])
