@@ -21,6 +21,7 @@ from analysis.common import CHECKPOINTS, Result
 from workbench.io import atomic_write_bytes
 
 EXPERIMENTS = (e1_trash, e2_blueroom, e3_button, e4_redgoal, e5_chiseling)
+POLICIES_STEERED = e1_trash.POLICIES[0]
 
 
 def run_all(checkpoints=CHECKPOINTS, out: str | Path = "demo-out", quick: bool = False,
@@ -62,6 +63,10 @@ def summary_table(results: list[Result]) -> pd.DataFrame:
             add(policy, "E1 probes", "best selectivity: reward-side / task-side",
                 f"{reward.get('label', '-')} {r:.2f} / {task.get('label', '-')} {t:.2f}",
                 "task > reward" if t > r else "reward >= task")  # fmt: skip
+    for key, entry in by.get("e1", {}).get("steering", {}).items():
+        randoms = ", ".join(f"{x:.0%}" for x in entry["random_steered"])
+        add(POLICIES_STEERED, "E1 steering", f"{key} (x{entry['coef']:+g})",
+            f"{entry['baseline']:.0%} -> {entry['steered']:.0%} (random vectors: {randoms})")  # fmt: skip
     e2 = by.get("e2", {})
     if e2:
         add(

@@ -6,7 +6,11 @@ For each trained TrashGrid policy (the CNN at three seeds, the transformer), on 
   target) beside task-side ones (trash and bin maps, carrying, trash remaining, direction and distance to the
   nearest target, position); the best selectivity of each side;
 - activation patching of trash-present into trash-removed rooms at every cell / position of each hook: where does
-  the trash's effect on the action live, against a noise baseline.
+  the trash's effect on the action live, against a noise baseline;
+- steering the first CNN at its last conv map (the maze-policy study's "cheese vector" experiment, for trash):
+  subtracting the trash vector (mean activation with minus without trash), and adding a "trash at cell (r, c)"
+  vector at three cells, each beside random vectors of the same norm at the same coefficient, with intervals over
+  episodes: does the trash direction move behaviour more than any direction of its size would?
 
     python analysis/e1_trash.py [--quick] [--out DIR]
 """
@@ -24,9 +28,10 @@ from workbench.checkpoints import load_policy
 from workbench.contrast import contrast_pairs
 from workbench.datasets import collect
 from workbench.patching import default_patch_hooks, patch
-from workbench.steering import policy_env
+from workbench.steering import SteeringVector, policy_env, resolve_vector, steering_effects
 
 POLICIES = ("trash-cnn-s0", "trash-cnn-s1", "trash-cnn-s2", "trash-transformer-s0")
+STEER_HOOK, SUBTRACT, RETARGET = "conv.1.hook_out", -3.0, 3.0  # coefficients: past ~10 any vector breaks the policy
 REWARD = ["reward", "reward_within_k", "return_to_go", "value_target"]
 TASK = ["trash_map", "bin_map", "carrying", "trash_remaining", "target_dir", "target_dist", "agent_row", "agent_col"]
 
@@ -75,8 +80,82 @@ def run(checkpoints=CHECKPOINTS, out=None, quick: bool = False, progress=None, p
                 f"{'beats' if side == 'task' else 'trails'} the best reward-side probe ({reward.label} at "
                 f"{reward.hook}, {reward.selectivity:.2f})."
             )
-    result.figures = {"selectivity": _selectivity_figure(probe_table), "patching": _patching_figure(patch_table)}
+    report(progress, f"E1 {names[0]}: steering with the trash vector and trash-at-cell vectors, beside random ones")
+    steer_table = steering_experiment(load_policy(series(checkpoints, names[0])), 100 if quick else 300)
+    result.tables["steering"] = steer_table.assign(policy=names[0])
+    result.summary["steering"] = _steering_summary(steer_table)
+    result.findings += _steering_findings(names[0], steer_table)
+    result.figures = {"selectivity": _selectivity_figure(probe_table), "patching": _patching_figure(patch_table),
+                      "steering": _steering_figure(steer_table)}  # fmt: skip
     return result
+
+
+def steering_experiment(policy, episodes: int, n_random: int = 3) -> pd.DataFrame:
+    """Rows (vector, kind, coef, cell, metric, baseline, steered, difference, ci_low, ci_high): the trash vector
+    subtracted, trash-at vectors added at three cells, and same-norm random vectors at the same coefficients."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    room = policy_env(policy).room_size
+    jobs = [("trash", None, SUBTRACT, "deposit_rate"), ("trash", None, SUBTRACT, "steps_to_trash")]
+    jobs += [
+        (f"trash-at:{r},{c}", (r, c), RETARGET, "retarget_success_rate") for r, c in ((1, 1), (1, room), (room, 1))
+    ]
+    rows = []
+    for spec, cell, coef, metric in jobs:
+        vector = resolve_vector(policy, spec, hook=STEER_HOOK)
+        randoms = []
+        for _ in range(n_random):
+            noise = torch.randn(vector.vector.shape, generator=generator)
+            randoms.append(SteeringVector(STEER_HOOK, noise * vector.vector.norm() / noise.norm(), name="random"))
+        for kind, v in [("factor", vector)] + [("random", r) for r in randoms]:
+            effect = steering_effects(policy, v, coef, episodes=episodes, target_cell=cell)["metrics"][metric]
+            rows.append({"vector": spec, "kind": kind, "coef": coef, "cell": str(cell), "metric": metric,
+                         "baseline": effect["baseline"], "steered": effect["steered"],
+                         "difference": effect["difference"], "ci_low": effect["difference_ci"][0],
+                         "ci_high": effect["difference_ci"][1]})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _steering_summary(table: pd.DataFrame) -> dict:
+    out = {}
+    for (spec, metric), rows in table.groupby(["vector", "metric"], sort=False):
+        factor, random = rows[rows.kind == "factor"].iloc[0], rows[rows.kind == "random"]
+        out[f"{spec} {metric}"] = {"coef": float(factor.coef), "baseline": float(factor.baseline),
+                                   "steered": float(factor.steered),
+                                   "ci": [float(factor.ci_low), float(factor.ci_high)],
+                                   "random_steered": [float(x) for x in random.steered]}  # fmt: skip
+    return out
+
+
+def _steering_findings(name: str, table: pd.DataFrame) -> list[str]:
+    lines = []
+    for (spec, metric), rows in table.groupby(["vector", "metric"], sort=False):
+        if metric == "steps_to_trash":
+            continue
+        f, random = rows[rows.kind == "factor"].iloc[0], rows[rows.kind == "random"]
+        lines.append(
+            f"{name}, {spec} x {f.coef:+g} at {STEER_HOOK}: {metric} {f.baseline:.0%} -> {f.steered:.0%} (difference "
+            f"95% CI {f.ci_low:+.0%} to {f.ci_high:+.0%}); random vectors of the same norm: "
+            + ", ".join(f"{x:.0%}" for x in random.steered)
+            + "."
+        )
+    return lines
+
+
+def _steering_figure(table: pd.DataFrame) -> go.Figure:
+    rows = table[table.metric != "steps_to_trash"]
+    fig = go.Figure()
+    for kind, group in rows.groupby("kind", sort=False):
+        fig.add_bar(x=[f"{v} {m}" for v, m in zip(group.vector, group.metric, strict=True)], y=group.steered,
+                    name=f"steered: {kind} vector", opacity=1.0 if kind == "factor" else 0.5)  # fmt: skip
+    base = rows.drop_duplicates(["vector", "metric"])
+    fig.add_scatter(x=[f"{v} {m}" for v, m in zip(base.vector, base.metric, strict=True)], y=base.baseline,
+                    mode="markers", marker={"symbol": "line-ew-open", "size": 30, "color": "black"},
+                    name="unsteered")  # fmt: skip
+    fig.update_layout(title="E1: steering the TrashGrid CNN (trash vector subtracted; trash-at-cell vectors added)",
+                      barmode="group", yaxis_title="rate", yaxis_range=[0, 1], height=420)  # fmt: skip
+    return fig
 
 
 def _describe(row) -> dict | None:

@@ -43,7 +43,15 @@ def test_demo_runs_the_study_and_writes_the_report(tmp_path):
     for title in ("E1 trash", "E2 blue room", "E3 reward button", "E4 red goal", "E5 chiseling"):
         assert title in report
     assert report.count('class="figure"') >= 6 and "<script src=" not in report  # plotly inlined: works offline
-    for name in ("e1_probes", "e1_patching", "e2_behaviour", "e3_choice", "e4_behaviour", "e5_stretches"):
+    for name in (
+        "e1_probes",
+        "e1_patching",
+        "e1_steering",
+        "e2_behaviour",
+        "e3_choice",
+        "e4_behaviour",
+        "e5_stretches",
+    ):
         assert len(pd.read_parquet(tmp_path / f"{name}.parquet")) > 0, name
     summary = pd.read_parquet(tmp_path / "demo_table.parquet")
     for policy in ("trash-cnn-s0", "trash-transformer-s0", "button-rewarded-s0", "blueroom-cnn-s0", "redgoal-cnn-s0"):
@@ -56,6 +64,8 @@ def test_demo_runs_the_study_and_writes_the_report(tmp_path):
         assert reward["value"] + task["value"] <= 1 + 1e-9  # exclusive outcomes
         assert e3[regime]["reward_optimizer"] == (reward["ci_low"] > 0.5)
         assert ("Not a reward optimizer" in e3[regime]["verdict"]) != e3[regime]["reward_optimizer"]
+    steering = pd.read_parquet(tmp_path / "e1_steering.parquet")
+    assert set(steering.kind) == {"factor", "random"} and steering.steered.between(0, 100).all()
     e5 = pd.read_parquet(tmp_path / "e5_stretches.parquet")
     assert len(e5.drop_duplicates(["start", "end"])) == len(list_steps(CHECKPOINTS / "trash-cnn-s0")) - 1
     assert (e5.reward_events >= 0).all() and e5.d_logit_effect.notna().all()
