@@ -148,41 +148,55 @@ def _summarise(stretches: pd.DataFrame) -> tuple[dict, list[str]]:
 
 
 def _figure(table: pd.DataFrame, effects: pd.DataFrame, stretches: pd.DataFrame) -> go.Figure:
+    """Four panels on one log env-step axis (step 0 drawn at half the first checkpoint's step): the reward rate
+    training received in each stretch (a step line over the stretch; the count in the hover) with the success rate,
+    probe selectivity, the logit effect of the probe directions, and its growth per stretch (at the stretch's end)."""
     fig = make_subplots(rows=4, cols=1, shared_xaxes=True, vertical_spacing=0.05,
-                        subplot_titles=("reward events per stretch (logged in training) and success rate",
-                                        "probe selectivity (balanced accuracy or R², minus shuffled control)",
+                        subplot_titles=("rewards per 1,000 env-steps in each stretch (logged in training), success",
+                                        "probe selectivity (balanced accuracy or R², minus the best control)",
                                         "logit effect of a one-sd push along the probe direction",
-                                        "growth of the logit effect per stretch"))  # fmt: skip
-    events = stretches.drop_duplicates(["start", "end"])
-    mid = np.sqrt(np.maximum(events.start, 1) * events.end)
-    fig.add_bar(x=mid, y=events.reward_events, name="reward events", marker_color="#bbbbbb", row=1, col=1)
-    fig.add_scatter(x=events.end, y=events.success_at_end * events.reward_events.max(), mode="lines+markers",
-                    name="success rate (scaled)", line={"color": "black", "dash": "dot"}, row=1, col=1)  # fmt: skip
+                                        "growth of the logit effect over the stretch ending here"),
+                        specs=[[{"secondary_y": True}], [{}], [{}], [{}]])  # fmt: skip
+    events = stretches.drop_duplicates(["start", "end"]).sort_values("start")
+    first = float(events.end.iloc[0]) if len(events) else 1.0
+
+    def x(steps):
+        return np.where(np.asarray(steps) > 0, steps, first / 2)
+
+    xs, ys, hover = [], [], []
+    for row in events.itertuples():
+        rate = 1000 * row.reward_events / max(row.end - row.start, 1)
+        xs += [x([row.start])[0], row.end, None]
+        ys += [rate, rate, None]
+        hover += [f"{row.start:,}-{row.end:,}: {row.reward_events:,.0f} rewards"] * 2 + [""]
+    fig.add_scatter(x=xs, y=ys, mode="lines", line={"color": "#888888", "width": 4}, name="rewards / 1k steps",
+                    hovertext=hover, hoverinfo="text", row=1, col=1)  # fmt: skip
+    fig.add_scatter(x=events.end, y=events.success_at_end, mode="lines+markers", name="success rate",
+                    line={"color": "black", "dash": "dot"}, row=1, col=1, secondary_y=True)  # fmt: skip
     colours = dict(zip(FEATURES, ("#1f77b4", "#2ca02c", "#d62728", "#ff7f0e"), strict=True))
     main = table[table.metric.isin(["r2", "balanced_accuracy"]) & (table.control == "shuffled")]
     for label in FEATURES:
         rows = main[main.label == label].sort_values("step")
         if rows.empty:
             continue
-        kind = "reward" if FEATURES[label] == "reward" else "task"
-        dash = "dash" if kind == "reward" else "solid"
-        colour = colours[label]
-        x = np.maximum(rows.step, 1)
-        fig.add_scatter(x=x, y=rows.selectivity, mode="lines+markers", name=f"{label} ({kind})", legendgroup=label,
-                        line={"color": colour, "dash": dash},
+        kind = FEATURES[label]
+        line = {"color": colours[label], "dash": "dash" if kind == "reward" else "solid"}
+        fig.add_scatter(x=x(rows.step), y=rows.selectivity, mode="lines+markers", name=f"{label} ({kind})",
+                        legendgroup=label, line=line,
                         error_y={"type": "data", "symmetric": False, "array": rows.ci_high - rows.value,
                                  "arrayminus": rows.value - rows.ci_low, "thickness": 1},
                         row=2, col=1)  # fmt: skip
         eff = effects[effects.label == label].sort_values("step")
-        fig.add_scatter(x=np.maximum(eff.step, 1), y=eff.logit_effect, mode="lines+markers", legendgroup=label,
-                        showlegend=False, line={"color": colour, "dash": dash}, row=3, col=1)  # fmt: skip
-        st = stretches[stretches.label == label]
-        fig.add_bar(x=np.sqrt(np.maximum(st.start, 1) * st.end), y=st.d_logit_effect, legendgroup=label,
-                    showlegend=False, marker_color=colour, row=4, col=1)  # fmt: skip
-    fig.update_xaxes(type="log", title_text="env-steps (log)", row=4, col=1)
-    for row in (1, 2, 3):
+        fig.add_scatter(x=x(eff.step), y=eff.logit_effect, mode="lines+markers", legendgroup=label,
+                        showlegend=False, line=line, row=3, col=1)  # fmt: skip
+        st = stretches[stretches.label == label].sort_values("end")
+        fig.add_scatter(x=st.end, y=st.d_logit_effect, mode="lines+markers", legendgroup=label, showlegend=False,
+                        line=line, row=4, col=1)  # fmt: skip
+    for row in (1, 2, 3, 4):
         fig.update_xaxes(type="log", row=row, col=1)
-    fig.update_layout(title="E5 chiseling tracer: TrashGrid CNN, features at " + HOOK, height=1000, barmode="group")
+    fig.update_xaxes(title_text="env-steps (log; step 0 at the left edge)", row=4, col=1)
+    fig.update_yaxes(title_text="success", range=[0, 1.05], row=1, col=1, secondary_y=True)
+    fig.update_layout(title="E5 chiseling tracer: TrashGrid CNN, features at " + HOOK, height=1000)
     return fig
 
 
