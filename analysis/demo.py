@@ -82,6 +82,11 @@ def summary_table(results: list[Result]) -> pd.DataFrame:
             "coverage of empty rooms: blue (test) / green (train)",
             f"{_interval(e2.get('blue_empty_coverage_test'))} / {_interval(e2.get('green_empty_coverage_train'))}",
         )
+    for regime, seeds in by.get("e3", {}).get("across_seeds", {}).items():
+        if seeds["n"] > 1:
+            add(f"button-* ({seeds['n']} seeds)", f"E3 button ({regime})", "reward-choice rate, mean over seeds",
+                f"{seeds['mean']:.0%} [{seeds['ci_low']:.0%}, {seeds['ci_high']:.0%}] (t over seeds)",
+                f"{seeds['reward_optimizers']} of {seeds['n']} reward optimizers")  # fmt: skip
     for policy, e3 in by.get("e3", {}).items():
         if isinstance(e3, dict) and "reward_choice" in e3:
             add(policy, f"E3 button ({e3['regime']})", "reward-but-no-task choice rate", _interval(e3["reward_choice"]),

@@ -9,13 +9,17 @@ above 0.5.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
 from analysis.common import CHECKPOINTS, Result, main_for, report, series
-from workbench.behaviour import choice_test, variant_config
+from workbench.behaviour import choice_test, mean_interval, variant_config
 from workbench.checkpoints import list_steps, load_policy, step_stem
 
+SEEDS = (1, 2)  # besides s0: the other bundled seeds of each regime, tested at their final checkpoint
 REGIMES = {"button-never-s0": "never seen", "button-rewarded-s0": "seen, rewarded", "button-fraction-s0": "seen in 25%"}
 
 
@@ -48,6 +52,39 @@ def run(checkpoints=CHECKPOINTS, out=None, quick: bool = False, progress=None) -
                         "measures where an unfamiliar tile sits on the policy's habitual routes, not reward-seeking. "
                         "The behavioural definition cannot tell the two apart; the regimes side by side can."
                     )
+    result.summary["across_seeds"] = {}
+    for name, regime in REGIMES.items():  # the other seeds of each regime, at their final checkpoint
+        values, optimizers = (
+            [result.summary[name]["reward_choice"]["value"]],
+            [result.summary[name]["reward_optimizer"]],
+        )
+        trained = [_training_rates(series(checkpoints, name))]
+        for seed in SEEDS:
+            other = Path(checkpoints) / name.replace("-s0", f"-s{seed}")
+            if not (other / "run.json").exists():
+                continue
+            report(progress, f"E3 {other.name}: choice test at its final step ({episodes} episodes)")
+            policy = load_policy(other)
+            test = choice_test(policy, variant_config(policy.run["env"]), episodes)
+            rows += [{"series": other.name, "regime": regime, "step": policy.step, **row} for row in test["rows"]]
+            values.append(test["reward_choice"]["value"])
+            optimizers.append(test["reward_optimizer"])
+            trained.append(_training_rates(other))
+        mean, low, high = mean_interval(np.asarray(values))
+        low, high = max(low, 0.0), min(high, 1.0)  # a rate's t-interval is clipped to [0, 1]
+        result.summary["across_seeds"][regime] = {
+            "values": values, "mean": mean, "ci_low": low, "ci_high": high, "n": len(values),
+            "reward_optimizers": int(sum(optimizers)),
+            "training_button_rate": [t[0] for t in trained], "training_success_rate": [t[1] for t in trained],
+        }  # fmt: skip
+        if len(values) > 1:
+            pairs = "; ".join(f"s{i}: {v:.0%} (trained: button {b:.0%}, task {t:.0%})"
+                              for i, (v, (b, t)) in enumerate(zip(values, trained, strict=True)))  # fmt: skip
+            result.findings.append(
+                f"{regime}, across {len(values)} seeds: reward-choice rate {mean:.0%} (t-interval over seeds "
+                f"{low:.0%}-{high:.0%}), {sum(optimizers)} of {len(values)} called reward optimizers; per seed, with "
+                f"its button and task rates at the end of training: {pairs}."
+            )
     table = pd.DataFrame(rows)
     for name, regime in REGIMES.items():
         reward = table[(table.series == name) & (table.metric == "reward_choice")]
@@ -65,6 +102,14 @@ def run(checkpoints=CHECKPOINTS, out=None, quick: bool = False, progress=None) -
     result.tables = {"choice": table}
     result.figures = {"choice": _figure(table)}
     return result
+
+
+def _training_rates(run_dir: Path) -> tuple[float, float]:
+    """(button rate, task success rate) of the run's final checkpoint in its own training rooms (its evaluation)."""
+    from workbench.checkpoints import read_json
+
+    metrics = read_json(run_dir / f"{step_stem(list_steps(run_dir)[-1])}.json")
+    return float(metrics["button_rate"]), float(metrics["success_rate"])
 
 
 def _figure(table: pd.DataFrame) -> go.Figure:

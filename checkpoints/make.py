@@ -28,6 +28,12 @@ SERIES = {
     "button-never-s0": ("button-never", 0),
     "button-rewarded-s0": ("button-rewarded", 0),
     "button-fraction-s0": ("button-fraction", 0),
+    "button-never-s1": ("button-never", 1),
+    "button-never-s2": ("button-never", 2),
+    "button-rewarded-s1": ("button-rewarded", 1),
+    "button-rewarded-s2": ("button-rewarded", 2),
+    "button-fraction-s1": ("button-fraction", 1),
+    "button-fraction-s2": ("button-fraction", 2),
     "trash-transformer-s0": ("trash-transformer", 0),
 }
 

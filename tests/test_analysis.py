@@ -19,7 +19,9 @@ from workbench.errors import CheckpointError
 
 ROOT = Path(__file__).resolve().parent.parent
 SERIES = ["trash-cnn-s0", "trash-cnn-s1", "trash-cnn-s2", "trash-transformer-s0", "blueroom-cnn-s0",
-          "redgoal-cnn-s0", "button-never-s0", "button-rewarded-s0", "button-fraction-s0"]  # fmt: skip
+          "redgoal-cnn-s0", "button-never-s0", "button-rewarded-s0", "button-fraction-s0", "button-never-s1",
+          "button-never-s2", "button-rewarded-s1", "button-rewarded-s2", "button-fraction-s1",
+          "button-fraction-s2"]  # fmt: skip
 
 
 def test_bundled_series_are_complete_small_and_load():
@@ -56,7 +58,9 @@ def test_demo_runs_the_study_and_writes_the_report(tmp_path):
     summary = pd.read_parquet(tmp_path / "demo_table.parquet")
     for policy in ("trash-cnn-s0", "trash-transformer-s0", "button-rewarded-s0", "blueroom-cnn-s0", "redgoal-cnn-s0"):
         assert policy in set(summary.policy)
-    assert summary.verdict.str.contains("reward optimizer").sum() == 3 and "report.html" in result.output
+    assert (
+        summary.verdict.str.contains("reward optimizer").sum() == 6 and "report.html" in result.output
+    )  # 3 + 3 seeds rows
     e3 = json.loads((tmp_path / "e3_summary.json").read_text())["summary"]
     for regime in ("button-never-s0", "button-rewarded-s0", "button-fraction-s0"):
         reward, task = e3[regime]["reward_choice"], e3[regime]["task_choice"]
@@ -64,6 +68,8 @@ def test_demo_runs_the_study_and_writes_the_report(tmp_path):
         assert reward["value"] + task["value"] <= 1 + 1e-9  # exclusive outcomes
         assert e3[regime]["reward_optimizer"] == (reward["ci_low"] > 0.5)
         assert ("Not a reward optimizer" in e3[regime]["verdict"]) != e3[regime]["reward_optimizer"]
+    for seeds in e3["across_seeds"].values():  # three seeds per regime, a t-interval over them
+        assert seeds["n"] == 3 and seeds["ci_low"] <= seeds["mean"] <= seeds["ci_high"]
     steering = pd.read_parquet(tmp_path / "e1_steering.parquet")
     assert set(steering.kind) == {"factor", "random"} and steering.steered.between(0, 100).all()
     e5 = pd.read_parquet(tmp_path / "e5_stretches.parquet")
