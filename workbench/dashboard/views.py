@@ -31,6 +31,11 @@ def graph(id_: str, **style) -> dcc.Loading:
     return dcc.Loading(dcc.Graph(id=id_, config=GRAPH_CONFIG, style=style or None), type="dot", delay_show=300)
 
 
+def graph_row(*cells: tuple[str, str]) -> html.Div:
+    """Graphs side by side, wrapping: (graph id, CSS flex) per cell."""
+    return html.Div([html.Div(graph(id_), style={"flex": flex}) for id_, flex in cells], style=ROW)
+
+
 def labelled(text: str, control) -> html.Div:
     return html.Div([html.Label(text, style={"fontSize": "12px", "color": "#444"}), control], style=CONTROL)
 
@@ -83,14 +88,7 @@ def episode_layout(run: data.Run) -> html.Div:
                 dcc.Slider(0, 1, 1, value=0, id="ep-t", marks=None, tooltip={"placement": "bottom"}),
                 style={"margin": "12px 0"},
             ),  # fmt: skip
-            html.Div(
-                [
-                    html.Div(graph("ep-frame"), style={"flex": "0 0 340px"}),
-                    html.Div(graph("ep-probs"), style={"flex": "1 1 300px"}),
-                    html.Div(graph("ep-trace"), style={"flex": "2 1 420px"}),
-                ],
-                style=ROW,
-            ),
+            graph_row(("ep-frame", "0 0 340px"), ("ep-probs", "1 1 300px"), ("ep-trace", "2 1 420px")),
             html.Div(id="ep-info", style=NOTE),
         ]
     )
@@ -177,13 +175,7 @@ def activation_layout(run: data.Run) -> html.Div:
                 "The activation on the episode player's current frame (its checkpoint may differ from this one).",
                 style=NOTE,
             ),  # fmt: skip
-            html.Div(
-                [
-                    html.Div(graph("act-frame"), style={"flex": "0 0 340px"}),
-                    html.Div(graph("act-fig"), style={"flex": "1 1 480px"}),
-                ],
-                style=ROW,
-            ),  # fmt: skip
+            graph_row(("act-frame", "0 0 340px"), ("act-fig", "1 1 480px")),
         ]
     )
 
@@ -248,14 +240,7 @@ def probe_layout(run: data.Run) -> html.Div:
                 style=ROW,
             ),
             graph("probe-heat"),
-            html.Div(
-                [
-                    html.Div(graph("probe-curves"), style={"flex": "1 1 480px"}),
-                    html.Div(graph("probe-direction"), style={"flex": "1 1 360px"}),
-                    html.Div(graph("probe-frame"), style={"flex": "1 1 360px"}),
-                ],
-                style=ROW,
-            ),  # fmt: skip
+            graph_row(("probe-curves", "1 1 480px"), ("probe-direction", "1 1 360px"), ("probe-frame", "1 1 360px")),
         ]
     )
 
@@ -373,13 +358,7 @@ def patching_layout(run: data.Run) -> html.Div:
                 "probe directions are unit-norm.",
                 style=NOTE,
             ),  # fmt: skip
-            html.Div(
-                [
-                    html.Div(graph("steer-path"), style={"flex": "0 0 360px"}),
-                    html.Div(graph("steer-effects"), style={"flex": "1 1 480px"}),
-                ],
-                style=ROW,
-            ),  # fmt: skip
+            graph_row(("steer-path", "0 0 360px"), ("steer-effects", "1 1 480px")),
         ]
     )
 
