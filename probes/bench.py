@@ -22,8 +22,8 @@ width D, split by episode. Data (`data=`):
 - lower bound: one scikit-learn fit per probe at the strength our validation chose (no search at all):
   `speedup_vs_single_fit`, `max_metric_diff_points_same_reg`.
 
-Ours runs in one CPU thread (`probes.fit.one_thread`); scikit-learn uses its BLAS threads (reported). Run it
-on a quiet machine: another busy process distorts both sides.
+Ours runs in one CPU thread (`workbench.threads.one_torch_thread`); scikit-learn uses its BLAS threads (reported).
+Run it on a quiet machine: another busy process distorts both sides.
 """
 
 from __future__ import annotations

@@ -224,11 +224,8 @@ def fit_classifiers(
     at strong penalties the weights, and so the gradients, are tiny from the start. Converged problems leave the
     batch: once half of them have, the rest are copied into a smaller one, so work follows the problems still
     moving."""
-    with one_thread():
+    with one_torch_thread():
         return _fit_path(feats, Y, problem, softmax, val_logits, Y_val, max_iter, rtol, memory, min_delta)
-
-
-one_thread = one_torch_thread  # probe fitting is many small ops: see workbench.threads
 
 
 def _fit_path(feats, Y, problem, softmax, val_logits, Y_val, max_iter, rtol, memory, min_delta):

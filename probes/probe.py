@@ -36,10 +36,11 @@ from torch import Tensor
 from probes.directions import Direction
 from probes.episodes import Split, bootstrap_weights, shuffle_across_episodes, split_by_episode
 from probes.errors import ProbeError
-from probes.fit import GRID, Features, UnitFeatures, fit_classifiers, fit_ridge, one_thread
+from probes.fit import GRID, Features, UnitFeatures, fit_classifiers, fit_ridge
 from probes.labels import Target, label_set, resolve_labels
 from probes.metrics import score
 from workbench.errors import unknown_name
+from workbench.threads import one_torch_thread
 
 CONTROLS = ("shuffled", "random_init", "baseline", "best_unit")
 PROBES = {"regression": "ridge", "binary": "logistic", "multiclass": "multinomial", "map": "per_cell"}
@@ -171,7 +172,7 @@ def score_stack(
     """All targets' probes on each of several activation tensors of one shape [n, *shape] on the same rows (one
     hook at several checkpoints), fitted as one batch (`probes.fit`); one list of scores per tensor. Without
     controls (the random-init replay): test values only, no confidence intervals, no directions. Runs in one
-    CPU thread (`probes.fit.one_thread`)."""
+    CPU thread (`workbench.threads.one_torch_thread`)."""
     n, shape = len(split.episode_ids), tuple(stack[0].shape[1:])
     for acts in stack:
         if len(acts) != n or tuple(acts.shape[1:]) != shape:
@@ -179,7 +180,7 @@ def score_stack(
                 f"{hook}: activations of shape {list(acts.shape)} for {n} labelled rows (stack of shape "
                 f"[{n}, {', '.join(map(str, shape))}]): pass one row per observation."
             )
-    with one_thread():
+    with one_torch_thread():
         precision = _precision(precision, device)
         X = torch.stack([acts.reshape(n, -1).to(device=device, dtype=torch.float32) for acts in stack])
         bad = 0 if bool(torch.isfinite(X.sum(1)).all()) else int((~torch.isfinite(X)).any(2).sum())  # sum: one pass

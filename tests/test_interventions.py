@@ -27,6 +27,7 @@ from workbench.steering import (
     steering,
     steering_effects,
 )
+from workbench.threads import one_torch_thread
 
 OBS_SHAPE = [3, 18, 18]  # 7x7 rooms
 PLANTED_CELL = (0, 4)  # a wall cell in the middle of the top wall
@@ -35,10 +36,8 @@ PLANTED_CELL = (0, 4)  # a wall cell in the middle of the top wall
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """Small batches on a shared 2-core machine: one thread avoids OpenMP oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
