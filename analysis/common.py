@@ -66,10 +66,13 @@ def report(progress: Callable[[str], None] | None, message: str) -> None:
 
 
 def best_selectivity(table: pd.DataFrame, label_set: str) -> pd.Series | None:
-    """The most selective probe of a label set (main metric: R² for regression, balanced accuracy otherwise)."""
-    main = table[(table.label_set == label_set) & table.metric.isin(["r2", "balanced_accuracy"])]
-    main = main.dropna(subset=["selectivity"])
-    return None if main.empty else main.loc[main.selectivity.idxmax()]
+    """The most selective probe of a label set (`probes.summary`'s main metrics: R² for regression, balanced
+    accuracy otherwise)."""
+    import probes
+
+    best = probes.summary(table)
+    best = best[best.label_set == label_set]
+    return None if best.empty else best.loc[best.selectivity.idxmax()]
 
 
 def main_for(run: Callable[..., Result], argv: list[str] | None = None) -> Result:

@@ -167,8 +167,9 @@ def _describe(row) -> dict | None:
 
 def _selectivity_figure(table: pd.DataFrame) -> go.Figure:
     """Best selectivity per label (over hooks), reward-side labels beside task-side, one group per policy."""
-    main = table[table.metric.isin(["r2", "balanced_accuracy"])].dropna(subset=["selectivity"])
-    best = main.loc[main.groupby(["policy", "label"]).selectivity.idxmax()]
+    best = pd.concat(
+        [probes.summary(rows).assign(policy=policy) for policy, rows in table.groupby("policy", sort=False)]
+    )
     fig = go.Figure()
     for policy, rows in best.groupby("policy", sort=False):
         rows = rows.sort_values(["label_set", "selectivity"])

@@ -46,8 +46,7 @@ def run(checkpoints=CHECKPOINTS, out=None, quick: bool = False, progress=None) -
         row = table[(table.metric == metric) & (table.distribution == dist) & (table.condition == condition)]
         return None if row.empty else {k: float(row.iloc[0][k]) for k in ("value", "ci_low", "ci_high", "n")}
 
-    main = probe_table[probe_table.metric.isin(["r2", "balanced_accuracy"])].dropna(subset=["selectivity"])
-    best = main.loc[main.groupby("label").selectivity.idxmax()].set_index("label")
+    best = probes.summary(probe_table).set_index("label")
     result.summary = {
         "green_trash_deposit_rate_test": rate("deposit_rate", "test", "green+trash"),
         "blue_trash_deposit_rate_train": rate("deposit_rate", "train", "blue+trash"),

@@ -88,20 +88,20 @@ def run(checkpoints=CHECKPOINTS, out=None, quick: bool = False, progress=None) -
     return result
 
 
-def _reward_rate(run_dir, step: int) -> tuple[float, float]:
-    """(reward events per env-step, success rate) under the checkpoint's policy, from its evaluation."""
-    metrics = read_json(run_dir / f"{step_stem(step)}.json")
-    return metrics["deposits_per_episode"] / max(metrics["mean_length"], 1.0), metrics["success_rate"]
+def _reward_rate(metrics: dict) -> float:
+    """Reward events per env-step under a checkpoint's policy, from its evaluation metrics."""
+    return metrics["deposits_per_episode"] / max(metrics["mean_length"], 1.0)
 
 
 def _stretches(run_dir, steps, table: pd.DataFrame, effects: pd.DataFrame) -> pd.DataFrame:
     main = table[table.metric.isin(["r2", "balanced_accuracy"]) & (table.control == "shuffled")]
     selectivity = main.groupby(["step", "label"]).selectivity.max()
+    metrics = {step: read_json(run_dir / f"{step_stem(step)}.json") for step in steps}
     rows = []
     for a, b in zip(steps, steps[1:], strict=False):
-        (rate_a, _), (rate_b, success_b) = _reward_rate(run_dir, a), _reward_rate(run_dir, b)
-        logged = read_json(run_dir / f"{step_stem(b)}.json").get("train_reward_events")
-        events = float(logged) if logged is not None else (b - a) * (rate_a + rate_b) / 2
+        logged = metrics[b].get("train_reward_events")
+        estimate = (b - a) * (_reward_rate(metrics[a]) + _reward_rate(metrics[b])) / 2
+        events = float(logged) if logged is not None else estimate
         for label in FEATURES:
             ea = effects[(effects.step == a) & (effects.label == label)]
             eb = effects[(effects.step == b) & (effects.label == label)]
@@ -109,7 +109,7 @@ def _stretches(run_dir, steps, table: pd.DataFrame, effects: pd.DataFrame) -> pd
                 continue
             rows.append({"start": a, "end": b, "label": label, "label_set": FEATURES[label], "reward_events": events,
                          "reward_events_source": "logged" if logged is not None else "estimated",
-                         "success_at_end": success_b,
+                         "success_at_end": metrics[b]["success_rate"],
                          "d_selectivity": selectivity.get((b, label), np.nan) - selectivity.get((a, label), np.nan),
                          "d_strength": float(eb.strength.iloc[0] - ea.strength.iloc[0]),
                          "d_logit_effect": float(eb.logit_effect.iloc[0] - ea.logit_effect.iloc[0]),
