@@ -2,13 +2,21 @@
 
 Every function takes row weights `w [R, N]` (row 0 all ones: the estimate; rows 1.. episode-bootstrap resamples,
 see `probes.episodes.bootstrap_weights`) and returns one value per resample, so a confidence interval costs a
-few matrix products rather than R Python loops. Undefined values (a class absent from a resample) are NaN.
+few matrix products rather than R Python loops.
 
 - regression: R^2 (against the resample's own mean, as sklearn's r2_score)
-- binary / multiclass: accuracy, balanced accuracy (mean recall over the classes present), AUROC (binary;
-  macro one-vs-rest over the classes present for multiclass); tied scores count one half
+- binary / multiclass: accuracy, balanced accuracy (mean recall over the classes of the test set), AUROC (binary;
+  macro one-vs-rest over the classes of the test set for multiclass); tied scores count one half
 - map (one binary read-out per grid cell): accuracy is the mean per-cell accuracy over all cells; balanced
-  accuracy and AUROC are means over the cells that are ever positive in the test set
+  accuracy and AUROC are means over the cells that are ever positive in the test set (AUROC: and ever negative)
+
+Degenerate resamples (`score_resamples`). A resample can lack what a metric needs on the test set: R^2 divides by
+the resample's label variance, which is (nearly) 0 when the few test episodes with a non-zero label were all left
+out (then float32 rounding alone made R^2 -3e7, measured); balanced accuracy and AUROC need every class of the test
+set. Such a resample is degenerate for that metric: its R^2, balanced accuracy or AUROC is NaN (R^2: label
+variance below REL_VARIANCE of the test set's), and `probes.probe` leaves it out of the interval. For a map the
+per-cell mean would average other cells than the estimate does, so a cell that lacks a class in a resample takes
+its test-set value there instead (and the resample counts as degenerate, but keeps its value).
 """
 
 from __future__ import annotations
@@ -22,46 +30,79 @@ METRICS = {
     "multiclass": ("accuracy", "balanced_accuracy", "auroc"),
     "map": ("accuracy", "balanced_accuracy", "auroc"),
 }
+REL_VARIANCE = 1e-3  # a resample's test-label variance below this fraction of the test set's: degenerate for R^2
 
 
 def score(kind: str, y: Tensor, output: Tensor, w: Tensor) -> dict[str, Tensor]:
-    """Every metric of `kind` for each resample. y and output by kind:
+    """Every metric of `kind` for each resample (`score_resamples` without the degenerate masks)."""
+    return score_resamples(kind, y, output, w)[0]
+
+
+def score_resamples(kind: str, y: Tensor, output: Tensor, w: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """(values, degenerate): every metric of `kind` for each resample, and per metric a bool [R] of the resamples
+    that are degenerate for it (module docstring; accuracy never is). y and output by kind:
     regression y [N] float, output [N] prediction; binary y [N] 0/1, output [N] logit; multiclass y [N] class
     index, output [N, K] scores; map y [N, cells] 0/1, output [N, cells] logits."""
     w, output = w.float(), output.float()
     y = y.long() if kind == "multiclass" else y.float()
+    never = torch.zeros(len(w), dtype=torch.bool, device=w.device)
     if kind == "regression":
-        return {"r2": r2(y, output, w)}
+        value = r2(y, output, w)
+        return {"r2": value}, {"r2": torch.isnan(value)}
     if kind == "binary":
         y, output = y[:, None], output[:, None]
     if kind in ("binary", "map"):
         pred = (output > 0).to(y.dtype)
+        accuracy = ((w @ (pred == y).float()) / w.sum(1, keepdim=True)).mean(1)
         ever = y.amax(0) > 0  # cells (or the one binary column) with a positive in the test set
-        recall = recalls(y[:, ever], pred[:, ever], w)  # [R, cells, 2]
-        return {
-            "accuracy": ((w @ (pred == y).float()) / w.sum(1, keepdim=True)).mean(1),
-            "balanced_accuracy": recall.nanmean(2).nanmean(1),
-            "auroc": auroc(output[:, ever], y[:, ever], w).nanmean(1),
-        }
+        y, pred, output = y[:, ever], pred[:, ever], output[:, ever]
+        present = torch.stack([(y == 0).any(0), (y == 1).any(0)], -1)  # [cells, 2]: the test set's classes
+        both = present.all(1)
+        balanced, lacking = _balanced(recalls(y, pred, w), present)  # [R, cells]
+        auc = auroc(output[:, both], y[:, both], w)  # NaN where a resample lacks a class of the cell
+        if kind == "map":  # the same cells in every resample as in the estimate: undefined ones take their value
+            ones = torch.ones(1, len(y), device=w.device)
+            balanced = _fill(balanced, _balanced(recalls(y, pred, ones), present)[0])
+            auc = _fill(auc, auroc(output[:, both], y[:, both], ones))
+        values = {"accuracy": accuracy, "balanced_accuracy": balanced.mean(1), "auroc": auc.mean(1)}
+        return values, {"accuracy": never, "balanced_accuracy": lacking.any(1), "auroc": lacking[:, both].any(1)}
     onehot = torch.nn.functional.one_hot(y.long(), output.shape[1]).float()
     correct = (output.argmax(1) == y).float()
+    present = onehot.sum(0) > 0  # [K] the test set's classes
     seen = w @ onehot  # [R, K] weight of each class
-    recall = torch.where(seen > 0, (w @ (onehot * correct[:, None])) / seen, torch.nan)
-    return {
-        "accuracy": w @ correct / w.sum(1),
-        "balanced_accuracy": recall.nanmean(1),
-        "auroc": auroc(output, onehot, w).nanmean(1),
-    }
+    lacking = ((seen == 0) & present).any(1)
+    recall = (w @ (onehot * correct[:, None]))[:, present] / seen[:, present].clamp_min(1e-30)
+    auc = auroc(output[:, present], onehot[:, present], w).nanmean(1)  # NaN for a class that is all the rows
+    nan = torch.tensor(torch.nan, device=w.device)
+    values = {"accuracy": w @ correct / w.sum(1), "balanced_accuracy": torch.where(lacking, nan, recall.mean(1)),
+              "auroc": torch.where(lacking, nan, auc)}  # fmt: skip
+    return values, {"accuracy": never, "balanced_accuracy": lacking, "auroc": lacking}
+
+
+def _balanced(recall: Tensor, present: Tensor) -> tuple[Tensor, Tensor]:
+    """Recalls [R, cells, 2] → (per-cell balanced accuracy over the test set's classes [R, cells], NaN where a
+    resample lacks one of them; that lack as a bool [R, cells])."""
+    lacking = (present & torch.isnan(recall)).any(2)
+    mean = torch.where(present, recall.nan_to_num(0.0), 0.0).sum(2) / present.sum(1).clamp_min(1)
+    return torch.where(lacking, torch.nan, mean), lacking
+
+
+def _fill(values: Tensor, full: Tensor) -> Tensor:
+    """values [R, cells] with each NaN replaced by the cell's value `full` [1, cells]."""
+    return torch.where(torch.isnan(values), full.expand_as(values), values)
 
 
 def r2(y: Tensor, pred: Tensor, w: Tensor) -> Tensor:
-    """y, pred [N] → [R]."""
+    """y, pred [N] → [R]; NaN where a resample's label variance is below REL_VARIANCE of the test set's (in float64:
+    in float32 the rounding of a constant resample's variance is as large as a rare label's)."""
+    w = w.double()
     sw = w.sum(1)
-    centred = y - y.mean()  # centring first keeps the weighted variance accurate in float32
+    centred = (y - y.mean()).double()  # centring first keeps the weighted variance accurate
     mean = w @ centred / sw
     ss_tot = w @ (centred * centred) - sw * mean * mean
-    ss_res = w @ ((y - pred) ** 2)
-    return torch.where(ss_tot > 1e-12 * sw, 1 - ss_res / ss_tot, torch.nan)
+    ss_res = w @ ((y - pred).double() ** 2)
+    floor = REL_VARIANCE * float((centred * centred).mean())
+    return torch.where((ss_tot > floor * sw) & (ss_tot > 0), 1 - ss_res / ss_tot, torch.nan).float()
 
 
 def recalls(y: Tensor, pred: Tensor, w: Tensor) -> Tensor:

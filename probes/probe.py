@@ -6,7 +6,9 @@
    per probe, the strength with the lowest validation loss (squared error for ridge, at every strength;
    cross-entropy for classifiers, along the path from strong to weak until it stops improving).
 4. Score on the test rows, with a 95% percentile confidence interval from resampling test episodes
-   (`n_boot` resamples).
+   (`n_boot` resamples), leaving out the resamples degenerate for the metric (`probes.metrics`: a near-constant
+   label for R², a class of the test set missing); with fewer than MIN_RESAMPLES of them left, no interval (NaN,
+   and a note).
 5. Score the controls on the same test rows:
    - shuffled: the same probe refitted on train labels dealt out across episodes (`shuffle_across_episodes`);
    - random_init: the same probe on the activations of a randomly initialised policy of the same architecture
@@ -15,6 +17,9 @@
    - best_unit: a probe on the one standardised feature (channel, for conv1x1) most correlated with the label
      on train (for multiclass: the highest between-class share of variance).
    selectivity = score − the highest control.
+
+Any hook shape can be probed: activations are flattened to one feature vector a row, so a hook with one value a
+row (hook_value, shape []) is a one-feature probe, which is its own best single unit (selectivity ≤ 0 there).
 
 Probes by label kind: regression → ridge; binary → logistic; multiclass → multinomial (softmax); map → per_cell
 (one logistic read-out from the whole activation per grid cell; cells constant on train predict that constant)
@@ -38,20 +43,23 @@ from probes.episodes import Split, bootstrap_weights, shuffle_across_episodes, s
 from probes.errors import ProbeError
 from probes.fit import GRID, Features, UnitFeatures, fit_classifiers, fit_ridge
 from probes.labels import Target, label_set, resolve_labels
-from probes.metrics import score
+from probes.metrics import REL_VARIANCE, score, score_resamples
 from workbench.errors import unknown_name
 from workbench.threads import one_torch_thread
 
 CONTROLS = ("shuffled", "random_init", "baseline", "best_unit")
 PROBES = {"regression": "ridge", "binary": "logistic", "multiclass": "multinomial", "map": "per_cell"}
 COLUMNS = ["run", "step", "hook", "label", "label_set", "kind", "probe", "metric", "value", "ci_low", "ci_high",
-           "control", "control_value", "control_gap", "selectivity", "reg", "n_train", "n_test", "note"]  # fmt: skip
+           "control", "control_value", "control_gap", "selectivity", "reg", "n_train", "n_test", "n_boot_degenerate",
+           "note"]  # fmt: skip
+MIN_RESAMPLES = 0.5  # an interval needs at least this share of the bootstrap resamples to be non-degenerate
 SATURATED_LOGIT = 20.0  # what a map cell that is constant on train predicts
 
 
 @dataclass
 class ProbeScore:
-    """One fitted probe's test scores: metrics {name: (value, ci_low, ci_high)}, controls {name: {metric: value}}."""
+    """One fitted probe's test scores: metrics {name: (value, ci_low, ci_high)}, controls {name: {metric: value}};
+    per metric, the bootstrap resamples degenerate for it (`probes.metrics`) and a note on its interval."""
 
     hook: str
     label: str
@@ -61,6 +69,8 @@ class ProbeScore:
     metrics: dict[str, tuple[float, float, float]]
     controls: dict[str, dict[str, float]] = field(default_factory=dict)
     direction: Direction | None = None
+    degenerate: dict[str, int] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -141,14 +151,16 @@ def default_hooks(valid: list[str], hooks: list[str] | str | None = None) -> lis
 
 
 def random_init_dataset(dataset, hooks: list[str], seed: int = 0):
-    """The dataset's rows replayed through a freshly initialised policy of the same architecture (seeded)."""
+    """The dataset's rows replayed through a freshly initialised policy of the same architecture (seeded), in one
+    torch thread: the same activations whatever this process's thread count (`probes.sweep.score_checkpoints`)."""
     from workbench.datasets import replay
     from workbench.policies import build_policy
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        policy = build_policy(dataset.meta["policy"]["config"])
-    return replay(dataset, policy, hooks=hooks)
+    with one_torch_thread():
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            policy = build_policy(dataset.meta["policy"]["config"])
+        return replay(dataset, policy, hooks=hooks)
 
 
 # ---------------------------------------------------------------------------------------------- one hook
@@ -256,14 +268,11 @@ def _score_design(X, shape, hook, targets, split, weights, seed, device, precisi
         baseline = _values(score(t.kind, y_test, _baseline(t, split, device), one)) if with_controls else None
         real = fitted[t.name, "real"]
         for h in range(feats.h):
-            s = ProbeScore(
-                hook,
-                t.name,
-                t.kind,
-                "conv1x1" if cells else PROBES[t.kind],
-                real["reg"][h],
-                {m: _estimate(v) for m, v in score(t.kind, y_test, real["output"][h], weights).items()},
-            )
+            values, degenerate = score_resamples(t.kind, y_test, real["output"][h], weights)
+            s = ProbeScore(hook, t.name, t.kind, "conv1x1" if cells else PROBES[t.kind], real["reg"][h], {})
+            for m, v in values.items():
+                value, lo, hi, s.degenerate[m], s.notes[m] = _estimate(m, t.kind, v, degenerate[m])
+                s.metrics[m] = (value, lo, hi)
             if with_controls:
                 s.controls["shuffled"] = _values(score(t.kind, y_test, fitted[t.name, "shuffled"]["output"][h], one))
                 s.controls["baseline"] = baseline
@@ -388,14 +397,30 @@ def _saturated(values: np.ndarray, device) -> Tensor:
     return torch.as_tensor(np.where(values > 0, SATURATED_LOGIT, -SATURATED_LOGIT), dtype=torch.float32, device=device)
 
 
-def _estimate(values: Tensor) -> tuple[float, float, float]:
-    """(estimate, 2.5th and 97.5th percentile of the resamples)."""
+def _estimate(metric: str, kind: str, values: Tensor, degenerate: Tensor) -> tuple[float, float, float, int, str]:
+    """(estimate, 2.5th and 97.5th percentile of the resamples, resamples degenerate for the metric, note).
+
+    Degenerate resamples hold NaN (`probes.metrics`; a map's hold their filled-in value) and are left out; when
+    fewer than MIN_RESAMPLES of the resamples are left, the interval is NaN and the note says why."""
     boot = values[1:]
+    n_boot, n_degenerate = len(boot), int(degenerate[1:].sum())
     boot = boot[~torch.isnan(boot)].double()
-    if len(boot) == 0:
-        return float(values[0]), math.nan, math.nan
+    if n_boot == 0:
+        return float(values[0]), math.nan, math.nan, 0, ""
+    if len(boot) < MIN_RESAMPLES * n_boot:
+        if n_degenerate == 0:  # the estimate itself is undefined (say, no positive in the test set)
+            return float(values[0]), math.nan, math.nan, 0, ""
+        lack = (f"a near-constant test label (variance below {REL_VARIANCE:g} of the test set's)"
+                if metric == "r2" else "no row of some class of the test set")  # fmt: skip
+        note = (f"{metric}: no interval, {n_degenerate} of {n_boot} bootstrap resamples have {lack}; the test set "
+                "holds too few episodes that vary this label (collect more steps)")  # fmt: skip
+        return float(values[0]), math.nan, math.nan, n_degenerate, note
     lo, hi = torch.quantile(boot, torch.tensor([0.025, 0.975], dtype=boot.dtype, device=boot.device))
-    return float(values[0]), float(lo), float(hi)
+    note = ""
+    if kind == "map" and metric != "accuracy" and n_degenerate > MIN_RESAMPLES * n_boot:
+        note = (f"{metric}: in {n_degenerate} of {n_boot} bootstrap resamples some cells lack a class of the test "
+                "set and keep their test-set value (cells that few test episodes vary)")  # fmt: skip
+    return float(values[0]), float(lo), float(hi), n_degenerate, note
 
 
 def _values(metrics: dict[str, Tensor]) -> dict[str, float]:
@@ -453,7 +478,7 @@ def _direction(hook, t: Target, probe: str, fitted: dict, h: int, mean, std, kee
         index = torch.as_tensor(fitted["cells"], device=W.device)
         full_W[index], full_b[index] = W, b
         W, b, out_shape = full_W, full_b, t.grid
-    return Direction(hook, t.name, t.kind, probe, W.reshape(*out_shape, *shape).cpu(), b.reshape(out_shape).cpu(),
+    return Direction(hook, t.name, t.kind, probe, W.reshape((*out_shape, *shape)).cpu(), b.reshape(out_shape).cpu(),
                      mean.reshape(shape).cpu(), std.reshape(shape).cpu(), reg=fitted["reg"][h],
                      classes=classes)  # fmt: skip
 
@@ -471,15 +496,16 @@ def tidy(scores: list[ProbeScore], *, run, step, split: Split, skipped: dict[str
             for control, control_value in controls.items():
                 rows.append([run, step, s.hook, s.label, label_set(s.label), s.kind, s.probe, metric, value, lo, hi,
                              control, control_value, value - control_value, selectivity, s.reg, n_train, n_test,
-                             ""])  # fmt: skip
+                             s.degenerate.get(metric, 0), s.notes.get(metric, "")])  # fmt: skip
     for name, why in skipped.items():
         warnings.warn(f"probes: skipped label {why}", stacklevel=3)
         for hook in hooks:
             rows.append([run, step, hook, name, label_set(name), None, None, "skipped", *[math.nan] * 3, None,
-                         *[math.nan] * 4, n_train, n_test, why])  # fmt: skip
+                         *[math.nan] * 4, n_train, n_test, 0, why])  # fmt: skip
     table = pd.DataFrame(rows, columns=COLUMNS)
     return table.astype({"value": float, "ci_low": float, "ci_high": float, "control_value": float,
-                         "control_gap": float, "selectivity": float, "reg": float})  # fmt: skip
+                         "control_gap": float, "selectivity": float, "reg": float,
+                         "n_boot_degenerate": "int64"})  # fmt: skip
 
 
 def summary(table: pd.DataFrame) -> pd.DataFrame:

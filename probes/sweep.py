@@ -16,13 +16,20 @@ The table is tidy: one row per (step, hook, label, probe, metric, control).
     hook, label          what was probed; label_set: reward | task | other
     kind, probe          regression/ridge, binary/logistic, multiclass/multinomial, map/per_cell or map/conv1x1
     metric               r2 | accuracy | balanced_accuracy | auroc ("skipped" for a constant label; see note)
-    value, ci_low, ci_high   the test score and its 95% episode-bootstrap interval (repeated on the rows of one
-                         probe and metric: one row per control keeps every control beside the score it controls)
+    value, ci_low, ci_high   the test score and its 95% episode-bootstrap interval over the non-degenerate
+                         resamples (repeated on the rows of one probe and metric: one row per control keeps every
+                         control beside the score it controls)
     control, control_value   shuffled | random_init | baseline | best_unit, and its test score
     control_gap          value - control_value: the selectivity against that control
     selectivity          value - the highest of the four controls (the same on the rows of one probe and metric)
     reg                  the regularisation μ chosen on validation (median over cells for maps)
-    n_train, n_test      rows in the train and test sets; note: why a label was skipped
+    n_train, n_test      rows in the train and test sets
+    n_boot_degenerate    bootstrap resamples degenerate for the metric, of n_boot (`probes.metrics`): for R², label
+                         variance below 1e-3 of the test set's (the few test episodes that vary the label all left
+                         out); for balanced accuracy and AUROC, a class of the test set absent (for maps: in some
+                         cell). Left out of the interval, which is NaN when they are more than half; a map's
+                         per-cell means keep every resample, with the test-set value of a cell that lacks a class
+    note                 why a label was skipped, or why a metric has no interval (or a map's many filled cells)
 
 With `out`, the table is written atomically as parquet and the probe directions (weights in the original
 activation basis, bias, standardisation; `probes.directions`) beside it, for steering and patching to reuse.
@@ -44,6 +51,7 @@ from probes.episodes import split_by_episode
 from probes.labels import resolve_labels
 from probes.probe import default_hooks, random_init_dataset, score_hook, score_stack, tidy
 from workbench.io import atomic_write_bytes
+from workbench.threads import one_torch_thread
 
 
 def probe_sweep(
@@ -80,6 +88,7 @@ def probe_sweep(
     from workbench.distributed import BACKENDS
     from workbench.errors import unknown_name
     from workbench.policies import hook_shapes
+    from workbench.train import resolve_precision
 
     if backend not in BACKENDS:  # before the collection, not after it
         raise unknown_name("backend", backend, BACKENDS)
@@ -91,8 +100,11 @@ def probe_sweep(
     last = load_policy(run_dir / f"{step_stem(steps[-1])}.json", device=device)
     shapes = hook_shapes(last)
     hooks = default_hooks(list(shapes), hooks)
+    # Resolved once here, so that every task fits in the same precision whatever CPU or GPU its node has.
+    precision = resolve_precision(precision, str(device))
     report("collect", 0, total)
-    dataset = collect(last, None, n_steps, hooks=hooks, seed=seed, n_envs=n_envs)
+    with one_torch_thread():  # forward passes in one thread, as the tasks make theirs (see score_checkpoints)
+        dataset = collect(last, None, n_steps, hooks=hooks, seed=seed, n_envs=n_envs)
     targets, skipped = resolve_labels(dataset, labels)
     split = split_by_episode(dataset.episode_ids(), seed)
     report("random-init control", 1, total)
@@ -161,12 +173,21 @@ class _Checkpoint:
 
 def score_checkpoints(group: list[_Checkpoint], *, dataset, hooks, targets, split, seed, device, precision, n_boot):
     """Replay the dataset through each checkpoint of `group` and fit every probe, one stack per hook; returns one
-    list of ProbeScores per checkpoint. The unit of work of a sweep: run here, or as a Ray task."""
+    list of ProbeScores per checkpoint. The unit of work of a sweep: run here, or as a Ray task.
+
+    Everything runs in one torch thread, so that the scores do not depend on the thread count of the process
+    that runs it (a Ray worker has one, OMP_NUM_THREADS=1; this process as many as cores): BLAS sums a matrix
+    product in another order with another thread count, and the last-bit differences of a replay's float32
+    activations flip some of their float16 roundings in the dataset (57 of 76,800 fc activations of a
+    600-observation replay, by one float16 step), which the fits then carry into the scores (validation-chosen
+    strength, early stopping). Measured before: a sweep at 1 and at 2 threads differed in 34 of 204 rows, by up
+    to 6e-3 in a score; the Ray and local tables in 20 of 204."""
     from workbench.checkpoints import load_policy
     from workbench.datasets import replay
 
     data, scores = [], [[] for _ in group]
-    with warnings.catch_warnings():  # a dataset from Ray's object store is read-only; replay and fitting only read it
+    # one thread (above); and a dataset from Ray's object store is read-only, which replay and fitting only read
+    with one_torch_thread(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         for checkpoint in group:
             policy = checkpoint.policy

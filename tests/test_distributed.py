@@ -6,6 +6,7 @@ import sys
 import time
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -119,4 +120,13 @@ def test_probe_sweep_through_ray_equals_local(local_runs, tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert len(local) > 0 and local.step.nunique() == 3
-    assert pd.read_parquet(out).equals(local)
+    # Ray's workers run torch in one thread (OMP_NUM_THREADS=1), this process in as many as it has cores; the sweep
+    # replays and fits in one thread wherever it runs, so the tables are bit-equal on one machine (measured). They
+    # are compared within 1e-4 all the same, as numbers from two processes: torch does not promise them bit-equal,
+    # and what this guards against was 10x larger (before, 20 of 204 rows differed, by up to 2e-3 in a score).
+    remote = pd.read_parquet(out)
+    assert list(remote.columns) == list(local.columns) and len(remote) == len(local)
+    floats = [c for c in local.columns if local[c].dtype.kind == "f"]
+    assert remote.drop(columns=floats).equals(local.drop(columns=floats))
+    for column in floats:
+        np.testing.assert_allclose(remote[column], local[column], rtol=0, atol=1e-4, equal_nan=True, err_msg=column)

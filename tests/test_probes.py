@@ -226,6 +226,94 @@ def test_metrics_match_sklearn_and_weights_repeat_rows():
     assert float(weighted[0, 0]) == pytest.approx(roc_auc_score(onehot[repeated, 0], scores[repeated, 0]), abs=1e-5)
 
 
+# ---------------------------------------------------------------------------------------------- rare labels
+def rare_dataset(n=3000, episode=20, seed=0):
+    """Synthetic features and episodes of `episode` rows, with the split the probes will use (seed 0)."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 8)).astype(np.float32)
+    episodes = np.arange(n) // episode
+    return X, episodes, split_by_episode(episodes, seed=0)
+
+
+def test_a_rare_regression_label_gets_a_finite_interval_without_its_degenerate_resamples():
+    """3 non-zero rows in the test set, in 2 test episodes: every resample that draws neither episode has a constant
+    test label. Its R² is undefined (float32 rounding alone once made it about -3e7, so ci_low was -3e7): those
+    resamples are left out of the interval and counted."""
+    X, episodes, split = rare_dataset()
+    y = np.zeros(len(X), dtype=np.float32)
+    train_rows = split.train[:: len(split.train) // 12][:12]
+    y[train_rows] = 1.0 + X[train_rows, 0]  # some signal to fit on train
+    test_episodes = np.unique(episodes[split.test])
+    first, second = (split.test[episodes[split.test] == e] for e in test_episodes[:2])
+    y[[first[0], first[5], second[3]]] = [1.0, 1.5, 0.5]
+    ds = probes.ArrayDataset({"h": X}, pd.DataFrame({"y": y}), episodes)
+    row = rows(probes.fit_probe(ds, "h", "y", random_init=None, n_boot=200).table, "y", "r2")
+    # the resamples that draw neither test episode with a non-zero row, counted independently
+    weights = bootstrap_weights(episodes[split.test], 200, seed=0)[1:]
+    nonzero = torch.as_tensor(y[split.test] != 0)
+    expected = int((weights[:, nonzero].sum(1) == 0).sum())
+    assert 0 < expected < 100 and row.n_boot_degenerate == expected
+    assert np.isfinite([row.value, row.ci_low, row.ci_high]).all() and row.note == ""
+    # An uninformative probe of a rare label scores R² near 0 or a little below (its test predictions vary a little
+    # where the label is 0); each kept resample holds at least one of the non-zero rows, so its label variance is
+    # at least ~a third of the test set's, and R² far below -10 could only come from a (near-)constant resample.
+    assert -10 < row.ci_low <= row.value <= row.ci_high <= 1
+
+
+def test_too_many_degenerate_resamples_give_no_interval_and_a_note():
+    """A multiclass label with three rare classes, each in one test episode: most resamples lack one of them, and
+    a balanced accuracy over fewer classes is another metric, so there is no interval; accuracy keeps its own."""
+    X, episodes, split = rare_dataset(n=2400, episode=40)
+    y = np.zeros(len(X), dtype=np.int64)
+    for cls, start in zip((1, 2, 3), (0, 200, 400), strict=True):
+        y[split.train[start : start + 30]] = cls
+        y[split.val[cls * 10 : cls * 10 + 5]] = cls
+    test_episodes = np.unique(episodes[split.test])
+    for cls, episode in zip((1, 2, 3), test_episodes[:3], strict=True):
+        y[split.test[episodes[split.test] == episode][:4]] = cls
+    ds = probes.ArrayDataset({"h": X}, pd.DataFrame({"y": y}), episodes)
+    table = probes.fit_probe(ds, "h", "y", random_init=None, n_boot=200).table
+    weights = bootstrap_weights(episodes[split.test], 200, seed=0)[1:]
+    drawn = [weights[:, torch.as_tensor(episodes[split.test] == e)].sum(1) > 0 for e in test_episodes[:3]]
+    expected = int((~(drawn[0] & drawn[1] & drawn[2])).sum())
+    assert expected > 100  # more than half
+    for metric in ("balanced_accuracy", "auroc"):
+        row = rows(table, "y", metric)
+        assert row.n_boot_degenerate == expected and np.isnan(row.ci_low) and np.isnan(row.ci_high)
+        assert np.isfinite(row.value) and f"{expected} of 200 bootstrap resamples" in row.note
+    accuracy = rows(table, "y", "accuracy")
+    assert accuracy.n_boot_degenerate == 0 and accuracy.ci_low <= accuracy.value <= accuracy.ci_high
+
+
+def test_degenerate_resamples_of_binary_and_map_metrics():
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+    from probes.metrics import score_resamples
+
+    rng = np.random.default_rng(0)
+    n = 60
+    y = (rng.random((n, 2)) < 0.3).astype(np.float32)  # two map cells
+    logits = rng.normal(size=(n, 2)).astype(np.float32) + 1.5 * (y - 0.5)
+    cell1_positive = np.flatnonzero(y[:, 1])
+    w = torch.ones(2, n)
+    w[1, cell1_positive] = 0  # resample 1 holds no positive of cell 1
+    # binary (cell 1 alone): resample 1 is degenerate, balanced accuracy and AUROC NaN there (not the negatives'
+    # recall alone), accuracy kept
+    values, degenerate = score_resamples("binary", torch.tensor(y[:, 1]), torch.tensor(logits[:, 1]), w)
+    assert [bool(d) for d in degenerate["balanced_accuracy"]] == [False, True] and not degenerate["accuracy"].any()
+    assert np.isnan(float(values["balanced_accuracy"][1])) and np.isnan(float(values["auroc"][1]))
+    assert np.isfinite(float(values["accuracy"][1]))
+    # map: cell 1 keeps its test-set value in resample 1, so the mean runs over the same cells as the estimate
+    values, degenerate = score_resamples("map", torch.tensor(y), torch.tensor(logits), w)
+    keep = w[1].numpy() > 0
+    pred = logits > 0
+    balanced = [balanced_accuracy_score(y[keep, 0], pred[keep, 0]), balanced_accuracy_score(y[:, 1], pred[:, 1])]
+    aurocs = [roc_auc_score(y[keep, 0], logits[keep, 0]), roc_auc_score(y[:, 1], logits[:, 1])]
+    assert float(values["balanced_accuracy"][1]) == pytest.approx(np.mean(balanced), abs=1e-6)
+    assert float(values["auroc"][1]) == pytest.approx(np.mean(aurocs), abs=1e-6)
+    assert [bool(d) for d in degenerate["auroc"]] == [False, True]
+
+
 # ---------------------------------------------------------------------------------------------- maps
 def test_map_probes_per_cell_and_conv1x1():
     rng = np.random.default_rng(0)
@@ -346,6 +434,36 @@ def test_sweep_over_a_tiny_run(tiny_run, tmp_path):
     assert conv.weight.shape == (16,) and conv.hook == "conv.1.hook_out"
 
 
+def assert_same_table(a: pd.DataFrame, b: pd.DataFrame, atol: float = 1e-4) -> None:
+    """The same rows and non-float cells, and float cells within atol (NaN where the other is NaN)."""
+    assert list(a.columns) == list(b.columns) and len(a) == len(b)
+    floats = [c for c in a.columns if a[c].dtype.kind == "f"]
+    assert a.drop(columns=floats).equals(b.drop(columns=floats))
+    for column in floats:
+        np.testing.assert_allclose(a[column], b[column], rtol=0, atol=atol, equal_nan=True, err_msg=column)
+
+
+def test_sweep_gives_the_same_table_at_one_and_two_torch_threads(tiny_run):
+    """The sweep's forward passes and fits run in one torch thread whatever the process's count (a Ray worker has
+    one): with the replays' float32 sums in another order at another thread count, some float16 activations of
+    the dataset came out one step apart, and the fits carried that into the scores (34 of 204 rows of a sweep
+    differed, by up to 6e-3 in a score). Bit-equal on one machine now; compared within 1e-4 because torch does not
+    promise bit-equal kernels from process to process, while the regression this guards against is 10x larger."""
+    before = torch.get_num_threads()
+    tables = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                tables.append(probes.probe_sweep(tiny_run, hooks=["conv.1.hook_out", "fc.hook_out"], n_boot=50,
+                                                 labels=["carrying", "trash_map", "reward"], n_steps=600))  # fmt: skip
+    finally:
+        torch.set_num_threads(before)
+    assert len(tables[0]) > 100 and tables[0].step.nunique() == 3
+    assert_same_table(*tables)
+
+
 def test_fit_probe_on_a_collected_dataset_builds_its_random_init_control(tiny_run):
     from workbench.checkpoints import load_policy
     from workbench.datasets import collect
@@ -376,6 +494,29 @@ def test_cli_writes_table_and_directions(tiny_run, tmp_path):
     assert not (tmp_path / "x.pq").exists()
 
 
+def test_cli_probe_prints_progress_lines_off_a_terminal(tiny_run, tmp_path, monkeypatch):
+    """CliRunner's stderr is no terminal, as a log file is not: plain progress lines there, none with --quiet."""
+    from typer.testing import CliRunner
+
+    from workbench.checkpoints import list_steps
+    from workbench.cli import app
+
+    monkeypatch.setenv("WORKBENCH_PROGRESS_SECONDS", "0")  # a line for every update (default: one per 5 s at most)
+    args = ["probe", str(tiny_run), "--hooks", "fc.hook_out", "--labels", "carrying", "--steps", "1200", "--out",
+            str(tmp_path / "p.parquet")]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.exception
+    lines = [line for line in result.stderr.splitlines() if line.startswith("probe: ")]
+    steps = list_steps(tiny_run)
+    total = len(steps) + 2  # collect, random-init control, one per checkpoint
+    assert lines[0] == f"probe: collect · 0/{total} (0%) · " + lines[0].rsplit(" · ", 1)[1]
+    third = f"probe: step {steps[1]} · 3/{total} ({3 / total:.0%}) · 0:"
+    assert any(line.startswith(third) and " left" in line for line in lines), lines
+    assert lines[-1].startswith("probe: done in 0:")
+    quiet = CliRunner().invoke(app, [*args, "--quiet"])
+    assert quiet.exit_code == 0 and "probe: " not in quiet.stderr and "wrote" in quiet.stderr
+
+
 def test_transformer_hooks_end_to_end():
     from workbench.datasets import collect
     from workbench.policies import build_policy, hook_shapes
@@ -393,3 +534,80 @@ def test_transformer_hooks_end_to_end():
     assert table.control_value[table.control == "random_init"].notna().all()
     for d in result.directions:
         assert d.weight.shape[-1] == int(np.prod(shapes[d.hook])) or d.weight.shape[-1] == shapes[d.hook][-1]
+
+
+# ---------------------------------------------------------------------------------------------- scalar hooks
+def test_a_scalar_hook_is_a_one_feature_design():
+    """A hook with one value per row (hook_value: shape []) is probed as one feature; its direction is a scalar."""
+    rng = np.random.default_rng(0)
+    n = 1200
+    v = rng.normal(size=n).astype(np.float32) * 3 + 1
+    labels = pd.DataFrame({"y_reg": 2 * v + rng.normal(size=n), "y_bin": v + rng.logistic(size=n) > 1})
+    ds = probes.ArrayDataset({"value": v}, labels, np.arange(n) // 30)
+    assert ds.hook_shapes == {"value": ()}
+    result = probes.fit_probes(ds, ["value"], ["y_reg", "y_bin"], random_init=None, n_boot=50)
+    table = result.table
+    assert rows(table, "y_reg", "r2").value > 0.9 and rows(table, "y_bin", "auroc").value > 0.8
+    # one feature: the probe is its own best single unit, so it cannot beat that control
+    assert rows(table, "y_reg", "r2", "best_unit").control_value == pytest.approx(rows(table, "y_reg", "r2").value)
+    reg = next(d for d in result.directions if d.label == "y_reg")
+    assert reg.weight.shape == () and reg.bias.shape == () and reg.mean.shape == () and reg.std.shape == ()
+    # the direction reproduces the test R² in the table
+    from sklearn.metrics import r2_score
+
+    test = split_by_episode(ds.episode_ids(), seed=0).test
+    pred = (torch.as_tensor(v[test]) * reg.weight + reg.bias).numpy()
+    assert r2_score(labels.y_reg[test], pred) == pytest.approx(rows(table, "y_reg", "r2").value, abs=1e-4)
+
+
+def test_cli_probes_the_value_hook(tiny_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from workbench.cli import app
+
+    out = tmp_path / "value.parquet"
+    args = ["probe", str(tiny_run / "step-000000512.safetensors"), "--hooks", "hook_value", "--labels", "carrying",
+            "--steps", "1200", "--quiet", "--out", str(out)]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.exception
+    table = pd.read_parquet(out)
+    assert set(table.hook) == {"hook_value"} and table.value.notna().all()
+    assert [d.weight.shape for d in probes.load_directions(out)] == [()]
+
+
+@pytest.mark.slow
+def test_cli_probes_an_imported_sb3_run_with_its_default_hooks(tmp_path):
+    """`workbench probe RUN` on an imported SB3 CnnPolicy: the default hooks are every hook but hook_obs, among them
+    hook_value (one value a row) and the first conv layer (5,408 features on a few hundred train rows)."""
+    pytest.importorskip("minigrid")
+    gym = pytest.importorskip("gymnasium")
+    from minigrid.wrappers import ImgObsWrapper, RGBImgPartialObsWrapper
+    from stable_baselines3 import PPO
+    from typer.testing import CliRunner
+
+    from workbench.checkpoints import load_policy
+    from workbench.cli import app
+    from workbench.policies import hook_shapes
+    from workbench.sb3_import import import_sb3
+
+    env = ImgObsWrapper(RGBImgPartialObsWrapper(gym.make("MiniGrid-DoorKey-5x5-v0")))
+    torch.manual_seed(0)
+    algo = PPO("CnnPolicy", env, n_steps=64, batch_size=64, seed=0, device="cpu",
+               policy_kwargs={"features_extractor_kwargs": {"features_dim": 64}, "net_arch": [32]})  # fmt: skip
+    algo.save(tmp_path / "ppo.zip")  # untrained: what the import and the probes do does not depend on training
+    run = import_sb3(tmp_path / "ppo.zip", tmp_path / "run", env="MiniGrid-DoorKey-5x5-v0")
+    shapes = hook_shapes(load_policy(run))
+    assert shapes["hook_value"] == () and "hook_value" in probes.probe.default_hooks(list(shapes))
+    out = tmp_path / "sb3.parquet"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # labels constant in these few episodes are skipped
+        result = CliRunner().invoke(app, ["probe", str(run), "--steps", "600", "--quiet", "--out", str(out)])
+    assert result.exit_code == 0, result.exception
+    table = pd.read_parquet(out)
+    fitted = table[table.metric != "skipped"]
+    assert set(fitted.hook) == set(probes.probe.default_hooks(list(shapes)))
+    undefined = fitted[fitted.value.isna()]  # only R² of a label constant on the test episodes (return_to_go here)
+    assert (undefined.metric == "r2").all() and undefined.note.str.contains("near-constant test label").all()
+    assert fitted.value.notna().mean() > 0.9 and np.isfinite(fitted[["ci_low", "ci_high"]].dropna()).all(axis=None)
+    value = [d for d in probes.load_directions(out) if d.hook == "hook_value"]
+    assert value and all(d.weight.shape == d.bias.shape for d in value)  # one weight per output: a scalar feature
