@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from workbench.errors import WorkbenchError
+from workbench.progress import Progress
 
 app = typer.Typer(
     help="reward-workbench: train small RL policies, open them up, test what reward chiselled into them.",
@@ -153,7 +154,7 @@ def train(
     eval_episodes: int = typer.Option(None, help="evaluation episodes per checkpoint"),
     resume: bool = typer.Option(False, "--resume", help="continue `out` from its latest checkpoint"),
     device: str = typer.Option("auto", help="cpu | cuda | auto"),
-    quiet: bool = typer.Option(False, "--quiet", help="no progress bar (for scripts)"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar or progress lines (for scripts)"),
     seeds: str = typer.Option(None, "--seeds", help="several seeds, e.g. 0,1,2: one run per seed, in <out>-s<seed>"),
     backend: str = typer.Option("local", help="local | ray: the seeds as Ray tasks (needs the ray extra)"),
     ray_address: str = typer.Option(None, "--ray-address", help="Ray cluster HEAD:6379 (default: RAY_ADDRESS)"),
@@ -190,10 +191,13 @@ def train(
         run_dirs = train_seeds(cfg, None if seeds is None else parse_seeds(seeds), out, backend=backend, device=device,
                                resume=resume, address=ray_address,
                                progress=lambda done, total: console.print(f"trained {done}/{total} runs"))  # fmt: skip
-    elif quiet:
-        run_dirs = [training.train(cfg, out, resume=resume, device=device)]
     else:
-        with _training_progress() as progress:
+        stats = "{rate:>7.0f} env-steps/s  return {ret:.2f}  deposit-all {success:.0%}"
+        with Progress("train", console, quiet=quiet, stats=stats) as update:
+
+            def progress(step: int, total: int, s: dict) -> None:
+                update(done=step, total=total, rate=s["env_steps_per_s"], ret=s["return"], success=s["success"])
+
             run_dirs = [training.train(cfg, out, resume=resume, device=device, progress=progress)]
     from workbench.checkpoints import list_steps, read_json, step_stem
 
@@ -205,35 +209,6 @@ def train(
             f"{metrics['success_rate']:.1%} sampled, {metrics['argmax_success_rate']:.1%} argmax; "
             f"return {metrics['mean_return']:.2f}."
         )
-
-
-class _training_progress:
-    """A rich progress bar fed by train()'s progress(step, total, stats) calls."""
-
-    def __enter__(self):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.bar = Progress(
-            TextColumn("[bold]train"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn(
-                "{task.fields[rate]:>7.0f} env-steps/s  return {task.fields[ret]:.2f}  "
-                "deposit-all {task.fields[success]:.0%}"
-            ),  # fmt: skip
-            TimeElapsedColumn(),
-            console=console,
-        )
-        self.bar.__enter__()
-        self.task = self.bar.add_task("train", total=None, rate=0.0, ret=float("nan"), success=float("nan"))
-        return self
-
-    def __call__(self, step: int, total: int, stats: dict) -> None:
-        self.bar.update(self.task, completed=step, total=total, rate=stats["env_steps_per_s"], ret=stats["return"],
-                        success=stats["success"])  # fmt: skip
-
-    def __exit__(self, *exc):
-        return self.bar.__exit__(*exc)
 
 
 @app.command()
@@ -254,6 +229,12 @@ def hooks(checkpoint: Path = typer.Argument(..., help="run directory or step-*.s
     for name, shape in hook_shapes(policy).items():
         table.add_row(name, str(list(shape)))
     Console().print(table)
+    aliases = getattr(policy, "hook_aliases", {})
+    if aliases:  # SB3 names some activations twice: listed once, the other names still reach the same hook
+        typer.echo("Each activation is listed once; these names are the same activation (run_with_hooks accepts "
+                   "them, collect and patch take the listed name):")  # fmt: skip
+        for alias, name in aliases.items():
+            typer.echo(f"  {alias} = {name}")
 
 
 @app.command("import-sb3")
@@ -261,20 +242,34 @@ def import_sb3_(
     model: Path = typer.Argument(..., help="a .zip written by stable-baselines3's model.save"),
     out: Path = typer.Option(..., help="new run directory to write"),
     env: str = typer.Option(None, help="the MiniGrid env it was trained on, e.g. MiniGrid-Empty-5x5-v0"),
+    obs_kind: str = typer.Option(
+        None, "--obs-kind", help="the env's observations: image (symbolic view) | rgb (pixels); default: whichever fits"
+    ),
+    option: list[str] = typer.Option(
+        [], "--option", "-o", help="env kwarg it was made with, key=value (e.g. agent_view_size=9), repeatable"
+    ),
 ) -> None:
     """Import an SB3 PPO/A2C policy (discrete actions) as a workbench run, reading the zip without unpickling:
     weights with torch.load(weights_only=True), the rest as JSON; anything that would need unpickling is refused.
+    With --env, the env (built with the -o kwargs) must give the policy's observation space and action count; it is
+    stored in the run, so probe, eval, patch and report rebuild the same env.
 
-    Example: workbench import-sb3 ppo_minigrid.zip --out runs/imported --env MiniGrid-Empty-5x5-v0
+    Example: workbench import-sb3 ppo_minigrid.zip --out runs/imported --env MiniGrid-Empty-5x5-v0 -o agent_view_size=9
     """
     from workbench.checkpoints import load_policy
     from workbench.sb3_import import import_sb3
 
-    run = import_sb3(model, out, env=env)
+    run = import_sb3(model, out, env=env, obs_kind=obs_kind, env_kwargs=parse_options(option))
     policy = load_policy(run)
     spec = policy.config()["sb3"]
     console.print(f"wrote {run} (step {policy.step}): {spec['policy_class']}, {spec['features_extractor']}, "
                   f"net_arch {spec['net_arch']}; hooks: workbench hooks {run}")  # fmt: skip
+    if env is not None:
+        stored = policy.run["env"]
+        kwargs = f", kwargs {stored['kwargs']}" if stored["kwargs"] else ""
+        console.print(f"env {stored['env_id']} (obs {stored['obs']!r}{kwargs}) gives the policy's observation space "
+                      f"{list(policy.obs_shape)} and its {policy.n_actions} actions. The zip does not record its env: "
+                      "envs with the same spaces cannot be told apart, so the id is taken as given.")  # fmt: skip
 
 
 @app.command("eval")
@@ -282,7 +277,7 @@ def eval_(
     checkpoints: list[str] = typer.Argument(
         ..., help="run directories or step-*.safetensors (several: seeds of one config), or scripted:NAME"
     ),
-    env: str = typer.Option(None, help="variant (default: the run's own environment)"),
+    env: str = typer.Option(None, help="variant, or MiniGrid env id for an imported run (default: the run's own)"),
     episodes: int = typer.Option(200, help="evaluation episodes (per distribution)"),
     seed: int = typer.Option(12345, help="seed of the evaluation episodes"),
     option: list[str] = typer.Option([], "--option", "-o", help="env option key=value, repeatable"),
@@ -291,7 +286,9 @@ def eval_(
 ) -> None:
     """Evaluate checkpoints on fresh episodes: task metrics (sampled actions; argmax beside them) and the
     behavioural tests of the variant (button: the choice test; blueroom, redgoal: training vs test distribution).
-    Several runs of one config with different seeds also get across-seed means and t-intervals.
+    Several runs of one config with different seeds also get across-seed means and t-intervals. A run imported
+    with a MiniGrid env plays episodes of that env (-o: its kwargs): success rate, return and length, intervals
+    over episodes.
 
     Example: workbench eval runs/button-s0 runs/button-s1 runs/button-s2 --episodes 500 --out behaviour.parquet
     """
@@ -313,8 +310,30 @@ def eval_(
         if any(info["config"] is None for _, info in subjects):
             raise WorkbenchError("scripted policies are evaluated one at a time: pass one scripted:NAME per call.")
         check_same_config([info["config"] for _, info in subjects])
+    worlds = {(info["env"] or {}).get("world") for _, info in subjects}
+    if worlds - {None, "minigrid"}:
+        raise WorkbenchError(_no_env_message("eval", [info for _, info in subjects]))
+    minigrid = worlds == {"minigrid"}
+    if "minigrid" in worlds and not minigrid:
+        raise WorkbenchError("MiniGrid runs and runs in the workbench's rooms cannot be evaluated together: "
+                             "evaluate each kind in its own call.")  # fmt: skip
     summaries, tables = [], []
     for policy, info in subjects:
+        if minigrid:
+            from workbench import minigrid_world
+
+            cfg = _minigrid_env(info["env"], env, options)
+            minigrid_world.check_policy_fits(policy, cfg)
+            summary = {"checkpoint": info["run"], "step": info["step"], "env": cfg.to_dict()}
+            played = minigrid_world.rollout_episodes(policy, cfg, episodes, seed)
+            if len(subjects) == 1:
+                summary.update(minigrid_world.evaluate(policy, cfg, episodes=episodes, seed=seed, played=played))
+                summary["intervals"] = "episode-level (Wilson for rates, t for means, over episodes)"
+            tables.append(minigrid_world.behaviour_table(policy, cfg, episodes, seed, run=info["run"],
+                                                         step=info["step"], run_seed=info["seed"],
+                                                         played=played))  # fmt: skip
+            summaries.append(summary)
+            continue
         cfg = variant_config(info["env"], env, **options)
         check_policy_fits(policy, cfg)
         summary = {"checkpoint": info["run"], "step": info["step"], "env": cfg.to_dict()}
@@ -343,18 +362,42 @@ def eval_(
 
     if len(subjects) == 1:
         metrics = summaries[0]
-        task = Table(title=f"{metrics['env']['variant']} — {metrics['checkpoint']} step {metrics['step']}")
+        where = metrics["env"].get("variant") or metrics["env"].get("env_id")
+        task = Table(title=f"{where} — {metrics['checkpoint']} step {metrics['step']}")
         task.add_column("metric")
         task.add_column("sampled", justify="right")
         task.add_column("argmax", justify="right")
         for key, value in metrics.items():
-            if key in ("checkpoint", "step", "env", "episodes") or key.startswith("argmax_"):
+            if key in ("checkpoint", "step", "env", "episodes", "intervals") or key.startswith("argmax_"):
                 continue
             task.add_row(key, f"{value:.3f}", f"{metrics.get('argmax_' + key, float('nan')):.3f}")
         Console().print(task)
     _print_behaviour(table, across=len(subjects) > 1)
+    if minigrid:
+        typer.echo("95% intervals are episode-level: Wilson for rates, Student-t for means, over the episodes played.")
     if out is not None:
         console.print(f"wrote {out} ({len(table)} rows)")
+
+
+def _minigrid_env(run_env: dict, env: str | None, options: dict):
+    """The MiniGrid env to evaluate an imported run in: its own (id, observation kind and kwargs from run.json),
+    or `env` (another MiniGrid id, same observation kind), with `options` on top of the kwargs."""
+    from workbench.minigrid_world import minigrid_config
+
+    if env is not None and not env.startswith(("MiniGrid-", "BabyAI-")):
+        raise WorkbenchError(f"{env!r} is not a MiniGrid env: this run acts in MiniGrid ({run_env['env_id']}); pass "
+                             "--env MiniGrid-..., or leave --env out for its own env.")  # fmt: skip
+    kwargs = {**(run_env.get("kwargs") or {}), **options}
+    return minigrid_config(env or run_env["env_id"], obs=run_env.get("obs", "image"), kwargs=kwargs)
+
+
+def _no_env_message(command: str, infos: list[dict]) -> str:
+    """One line for a command that needs an env the workbench can build, on an imported run that has none."""
+    runs = ", ".join(str(info["run"]) for info in infos if (info["env"] or {}).get("world") not in (None, "minigrid"))
+    return (f"{command} needs the env the policy acts in, and {runs} was imported without one: import it again "
+            "with --env (a MiniGrid id, with -o for its kwargs) to use eval, patch and the report's episode. Without "
+            "an env, these work: workbench hooks RUN, workbench report RUN (hooks, and any probe or patching table "
+            "under the run), and in Python collect(RUN, env, ...) with an env you pass.")  # fmt: skip
 
 
 def _print_behaviour(table, across: bool) -> None:
@@ -441,8 +484,9 @@ def demo(
     from analysis.common import CHECKPOINTS
     from analysis.demo import run_all
 
-    with console.status("E1-E5 on the bundled checkpoints") as status:
-        _, table, path = run_all(checkpoints or CHECKPOINTS, out, quick, progress=lambda m: status.update(m))
+    with Progress("demo", console, spinner=True) as update:
+        update("E1-E5 on the bundled checkpoints")
+        _, table, path = run_all(checkpoints or CHECKPOINTS, out, quick, progress=update)
     view = Table(title="What reward chiselled into the bundled policies (95% intervals)")
     for column in table.columns:
         view.add_column(column, overflow="fold")
@@ -465,7 +509,7 @@ def probe(
     steps: int = typer.Option(20_000, "--steps", help="observations to collect with the last checkpoint"),
     seed: int = typer.Option(0, help="seed of the rollout, the episode split, the controls and the bootstrap"),
     device: str = typer.Option("cpu", help="cpu | cuda"),
-    quiet: bool = typer.Option(False, "--quiet", help="no progress bar (for scripts)"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar or progress lines (for scripts)"),
     backend: str = typer.Option("local", help="local | ray: checkpoints as Ray tasks (needs the ray extra)"),
     ray_address: str = typer.Option(None, "--ray-address", help="Ray cluster HEAD:6379 (default: RAY_ADDRESS)"),
 ) -> None:
@@ -485,19 +529,8 @@ def probe(
 
     kwargs = dict(hooks=names(hooks), labels=names(labels), n_steps=steps, seed=seed,
                   device=resolve_device(device), out=out, backend=backend, ray_address=ray_address)  # fmt: skip
-    if quiet:
-        table = probe_sweep(run_or_ckpt, **kwargs)
-    else:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        with Progress(TextColumn("[bold]probe"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-                      TimeElapsedColumn(), console=console) as bar:  # fmt: skip
-            task = bar.add_task("collect", total=None)
-
-            def progress(what: str, done: int, total: int) -> None:
-                bar.update(task, description=what, completed=done, total=total)
-
-            table = probe_sweep(run_or_ckpt, progress=progress, **kwargs)
+    with Progress("probe", console, quiet=quiet) as update:
+        table = probe_sweep(run_or_ckpt, progress=update, **kwargs)
     best = summary(table)
     view = Table(title=f"best selectivity per label (score - highest control) — {out}")
     for column in ("label", "set", "metric", "step", "hook", "probe", "score", "selectivity"):
@@ -519,7 +552,9 @@ def _split_names(values: list[str]) -> list[str]:
 @app.command("patch")
 def patch_cmd(
     checkpoint: Path = typer.Argument(..., help="run directory or step-*.safetensors"),
-    factor: str = typer.Option(..., help="what the pairs differ in: trash | colour | button | goal | carrying"),
+    factor: str = typer.Option(
+        ..., help="what the pairs differ in: trash | colour | button | goal | carrying; MiniGrid: key | carrying | door"
+    ),
     out: Path = typer.Option(..., help="table to write (parquet): one row per hook x site x source x metric"),
     hooks: list[str] = typer.Option(
         [], "--hooks", help="hook names, repeatable or comma-separated (default: conv maps and fc / resid_post and z)"
@@ -531,7 +566,8 @@ def patch_cmd(
 ) -> None:
     """Activation patching: patch every site of each hook from the clean run (factor present) into the corrupted
     run (factor absent), batched; logit difference, probability of the clean action, value change and normalised
-    effect with intervals over pairs, beside a noise baseline.
+    effect with intervals over pairs, beside a noise baseline. A run imported with a MiniGrid env takes pairs of
+    that env's rooms: key (the key there or gone), carrying (the agent holds it or not), door (open or closed).
 
     Example: workbench patch runs/trash-cnn --factor trash --hooks conv.1.hook_out,fc.hook_out --out patch.parquet
     """
@@ -546,8 +582,17 @@ def patch_cmd(
     from workbench.steering import policy_env
 
     policy = load_policy(checkpoint)
+    world = policy.run["env"].get("world")
+    if world == "minigrid":
+        from workbench.minigrid_world import contrast_pairs as minigrid_pairs
+        from workbench.minigrid_world import minigrid_config
+
+        contrast = minigrid_pairs(factor, pairs, seed, minigrid_config(**policy.run["env"]))
+    elif world is not None:
+        raise WorkbenchError(_no_env_message("patch", [{"run": policy.run_dir, "env": policy.run["env"]}]))
+    else:
+        contrast = contrast_pairs(factor, pairs, seed, config=policy_env(policy), mode=mode)
     names = _split_names(hooks) or default_patch_hooks(policy)
-    contrast = contrast_pairs(factor, pairs, seed, config=policy_env(policy), mode=mode)
     table = patch(policy, contrast, names, per=per, seed=seed)
     buffer = io.BytesIO()
     table.to_parquet(buffer, index=False)
@@ -640,8 +685,8 @@ def report(
     """
     from workbench.report import build_report
 
-    with console.status("report") as status:
-        path = build_report(run_or_ckpt, out, progress=lambda what: status.update(f"report: {what}"))
+    with Progress("report", console, spinner=True) as update:
+        path = build_report(run_or_ckpt, out, progress=update)
     console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 

@@ -13,14 +13,23 @@ On disk a dataset is a folder:
     shard-00000.safetensors   one tensor per hook (the storage dtype, float16 by default), `observations` uint8 and
                               the per-cell map labels as uint8; the first dim of each is the shard's rows
     shard-00000.parquet       the labels of the same rows
-    dataset.json              n, hooks and shapes, shards, meta; written last, so it is the commit marker: a folder
-                              without it (a killed collection) does not open
+    dataset.json              n, hooks and shapes, the map labels and their shapes, how hook_obs is derived,
+                              shards, meta
+
+A dataset is written all or nothing: into a hidden folder beside `out` (`.NAME.partial-…`), checked by opening it,
+then renamed to `out`. A failed collection removes its partial folder, so `out` either holds a whole dataset or
+is as it was; a collection killed outright can leave the hidden partial folder behind (delete it), never a
+half-written `out`.
 
 Rows come in whole episodes (an episode's rows are contiguous, step 0 first), so every row's return-to-go is that of
 a finished episode. Episodes still running when collection stops are dropped (short episodes are therefore slightly
 over-represented in small datasets), and the last episode may be cut at n_steps rows; its labels were computed
-from the whole episode. `hook_obs` is not stored: by the policy contract (policies/base.py) it is exactly
-observations / 255, so it is derived on read, exactly and at no disk cost.
+from the whole episode. `hook_obs` is not stored: it is derived on read as observations (float32) / divisor, with
+the divisor of the collecting policy recorded in dataset.json: 255 for the workbench's policies (the policy
+contract, policies/base.py) and for SB3 policies that normalise images, 1 for SB3 policies with
+`normalize_images=False`, which read raw values. Collection checks the derivation against the live hook on the
+first batch and stores hook_obs like any other hook where it does not hold, so `activations("hook_obs")` is
+always what the policy's hook saw.
 """
 
 from __future__ import annotations
@@ -30,7 +39,10 @@ import io
 import json
 import math
 import mmap
+import os
 import re
+import secrets
+import shutil
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,10 +55,10 @@ from safetensors import SafetensorError, safe_open
 
 from workbench.envs import BatchEnv, EnvConfig, make_config
 from workbench.errors import ConfigError, DatasetError, unknown_name
-from workbench.io import atomic_write_bytes, atomic_write_json
+from workbench.io import _fsync_dir, atomic_write_bytes, atomic_write_json
 
 FORMAT, VERSION = "workbench-activation-dataset", 1
-DERIVED_HOOK = "hook_obs"  # observations / 255 exactly: derived on read, never stored
+DERIVED_HOOK = "hook_obs"  # observations / divisor exactly: derived on read where that holds (module docstring)
 SHARD_RE = re.compile(r"^shard-\d{5}$")
 SHARD_BYTES = 512 * 2**20  # at most, per shard's tensors; see _shard_rows
 # Label columns that come from the collecting rollout rather than from env.labels() (probes of env ground truth
@@ -109,13 +121,16 @@ class ActivationDataset:
 
     Tensors are read on first use and cached per name; `labels` is a DataFrame with index 0..n-1."""
 
-    def __init__(self, path, labels, hook_shapes, map_label_names, meta, obs_shape, shards):
+    def __init__(self, path, labels, hook_shapes, map_shapes, meta, obs_shape, shards, derived=None):
         self.path: Path | None = path
         self.labels: pd.DataFrame = labels
         self.n: int = len(labels)
         self.hook_names: list[str] = list(hook_shapes)
         self.hook_shapes: dict[str, tuple] = {name: tuple(shape) for name, shape in hook_shapes.items()}
-        self.map_label_names: list[str] = list(map_label_names)
+        self.map_shapes: dict[str, tuple] = {name: tuple(shape) for name, shape in map_shapes.items()}
+        self.map_label_names: list[str] = list(map_shapes)
+        # {hook: divisor} of hooks derived from the observations rather than stored (hook_obs, module docstring)
+        self.derived: dict[str, float] = dict(derived or {})
         self.meta: dict = meta
         self.obs_shape: tuple[int, int, int] = tuple(obs_shape)
         self._shards: list[_Shard] = shards
@@ -133,14 +148,15 @@ class ActivationDataset:
         if hook not in self.hook_shapes:
             raise unknown_name("hook in this dataset", hook, self.hook_shapes)
         if hook not in self._cache:
-            if hook == DERIVED_HOOK:
-                self._cache[hook] = self.observations() / 255.0  # the very op of HookedPolicy.normalise
+            if hook in self.derived:  # the very op of the policy's preprocessing (module docstring)
+                self._cache[hook] = self.observations().float() / self.derived[hook]
             else:
                 self._cache[hook] = self._gather(hook, torch.float32, self.hook_shapes[hook])
         return self._cache[hook]
 
     def map_label(self, name: str) -> np.ndarray:
-        """bool [n, G, G]: where the named object lies in each observation's grid (trash_map, bin_map, ...)."""
+        """bool [n, rows, cols] (`map_shapes[name]`): where the named object lies in each observation's grid
+        (trash_map, bin_map, ...; rows and columns of the env's grid, (row, col) = (y, x))."""
         if name not in self.map_label_names:
             raise unknown_name("map label", name, self.map_label_names)
         if name not in self._cache:
@@ -224,16 +240,20 @@ def collect(
                         storage_dtype, deterministic, progress)  # fmt: skip
 
 
-def _collect(policy, cfg: EnvConfig, n_steps, shapes, seed, n_envs, folder, shard_size, gamma, reward_k,
+def _collect(policy, cfg: EnvConfig, n_steps, shapes, seed, n_envs, dest, shard_size, gamma, reward_k,
              storage_dtype, deterministic, progress) -> ActivationDataset:  # fmt: skip
     env = _batch_env(cfg, n_envs, seed)
     device = next(policy.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     first = env.labels()
-    map_names = [name for name in first if name.endswith("_map")]
+    # Map labels keep the shape the env gives them (our rooms: the room's grid; MiniGrid: its grid's rows x cols).
+    map_shapes = {name: tuple(first[name].shape[1:]) for name in first if name.endswith("_map")}
+    map_names = list(map_shapes)
     scalars = [name for name in first if not name.endswith("_map")]
     env_columns = ["episode_id", "step"] + [name for name in scalars if name not in ("episode_id", "step")]
-    stored = [name for name in shapes if name != DERIVED_HOOK]
+    derived = _derived_hooks(policy, shapes, env.state.obs, device)
+    stored = [name for name in shapes if name not in derived]
+    folder = None if dest is None else dest.temp
 
     # A ring of the last C batched steps, time-major ([C, n_envs, ...] per field), so each step is one copy per
     # field and never a Python loop over rows. When the ring is full (C > max_steps, so every env slot has
@@ -244,7 +264,7 @@ def _collect(policy, cfg: EnvConfig, n_steps, shapes, seed, n_envs, folder, shar
     N = n_envs
     fields = {name: _activation_field(storage_dtype, shapes[name]) for name in stored}
     fields["observations"] = _uint8_field(cfg.obs_shape)
-    fields.update({name: _uint8_field((cfg.grid_size, cfg.grid_size)) for name in map_names})
+    fields.update({name: _uint8_field(shape) for name, shape in map_shapes.items()})
     ring = {name: np.zeros((C, N, *f.shape), dtype=f.dtype) for name, f in fields.items()}
     label_dtypes = {name: first[name].dtype for name in env_columns}
     label_dtypes |= dict(zip(POLICY_COLUMNS, (np.int64, np.float32, np.float32, np.float32, np.float32, np.bool_),
@@ -342,7 +362,7 @@ def _collect(policy, cfg: EnvConfig, n_steps, shapes, seed, n_envs, folder, shar
             "dtype": storage_dtype,
             "created": _now(),
         }
-        return _finish(folder, writer, shapes, map_names, meta, cfg.obs_shape, base=None)
+        return _finish(dest, writer, shapes, map_shapes, derived, meta, cfg.obs_shape, base=None)
 
 
 # ---------------------------------------------------------------------------------------------- replay
@@ -359,26 +379,27 @@ def replay(dataset: ActivationDataset, policy, hooks: list[str] | None = None, o
     _check_obs_shape(policy, dataset.obs_shape, "the dataset's observations")
     batch_size = _positive_int("batch_size", batch_size)
     shapes = _checked_hooks(policy, hooks)
-    with _writing(out, policy) as folder:
-        return _replay(dataset, policy, shapes, folder, batch_size)
+    with _writing(out, policy) as dest:
+        return _replay(dataset, policy, shapes, dest, batch_size)
 
 
-def _replay(dataset: ActivationDataset, policy, shapes, folder, batch_size) -> ActivationDataset:
+def _replay(dataset: ActivationDataset, policy, shapes, dest, batch_size) -> ActivationDataset:
     storage_dtype = dataset.meta.get("dtype", "float16")
-    stored = [name for name in shapes if name != DERIVED_HOOK]
+    device = next(policy.parameters()).device
+    derived = _derived_hooks(policy, shapes, dataset._shards[0].get("observations")[:batch_size], device)
+    stored = [name for name in shapes if name not in derived]
     fields = {name: _activation_field(storage_dtype, shapes[name]) for name in stored}
+    folder = None if dest is None else dest.temp
     if folder is None:
         # In memory the new shards hold only activations and borrow the rest from the source's, row for row.
         label_columns, sizes = {}, [shard.rows for shard in dataset._shards]
     else:  # on disk a replay is a complete dataset of its own
         fields["observations"] = _uint8_field(dataset.obs_shape)
-        grid = dataset.obs_shape[1] // 2
-        fields |= {name: _uint8_field((grid, grid)) for name in dataset.map_label_names}
+        fields |= {name: _uint8_field(shape) for name, shape in dataset.map_shapes.items()}
         label_columns = {name: dataset.labels[name].to_numpy() for name in dataset.labels}
         sizes = _shard_sizes(dataset.n, _shard_rows(max(shard.rows for shard in dataset._shards), fields))
     label_dtypes = {name: column.dtype for name, column in label_columns.items()}
 
-    device = next(policy.parameters()).device
     batch = {name: np.zeros((batch_size, *fields[name].shape), fields[name].dtype) for name in stored}
     hook_list = [(name, _copy_hook(torch.from_numpy(a).view(fields[name].torch_dtype))) for name, a in batch.items()]
     pos = 0  # rows replayed so far
@@ -403,7 +424,7 @@ def _replay(dataset: ActivationDataset, policy, shapes, folder, batch_size) -> A
             },
             "created": _now(),
         }
-        return _finish(folder, writer, shapes, dataset.map_label_names, meta, dataset.obs_shape, base=dataset)
+        return _finish(dest, writer, shapes, dataset.map_shapes, derived, meta, dataset.obs_shape, base=dataset)
 
 
 def _copy_hook(dest: torch.Tensor):
@@ -537,77 +558,124 @@ def _parquet_bytes(frame: pd.DataFrame) -> bytes:
     return buffer.getvalue()
 
 
-def _finish(folder, writer: _ShardWriter, shapes, map_names, meta, obs_shape, base) -> ActivationDataset:
-    """Commit: dataset.json last (on disk), or the in-memory dataset over the writer's shards."""
-    if folder is not None:
+def _finish(dest, writer: _ShardWriter, shapes, map_shapes, derived, meta, obs_shape, base) -> ActivationDataset:
+    """Commit: on disk, dataset.json into the partial folder, which is opened (every shard checked against it) and
+    only then renamed to `out`; in memory, the dataset over the writer's shards."""
+    if dest is not None:
         writer.finish()
         atomic_write_json(
-            folder / "dataset.json",
+            dest.temp / "dataset.json",
             {
                 "format": FORMAT,
                 "version": VERSION,
                 "n": sum(writer.sizes),
                 "obs_shape": list(obs_shape),
                 "hooks": [{"name": name, "shape": list(shape)} for name, shape in shapes.items()],  # in order
-                "map_labels": list(map_names),
+                "map_labels": list(map_shapes),
+                "map_shapes": {name: list(shape) for name, shape in map_shapes.items()},
+                "derived": {name: {"from": "observations", "divisor": d} for name, d in derived.items()},
                 "shards": [{"name": f"shard-{i:05d}", "rows": rows} for i, rows in enumerate(writer.sizes)],
                 "meta": meta,
             },
         )
-        return open_dataset(folder)
+        open_dataset(dest.temp)  # a dataset that would not open is never committed
+        dest.commit()
+        return open_dataset(dest.target)
     if base is not None:
         for shard, source in zip(writer.shards, base._shards, strict=True):
             shard.base = source
         labels = base.labels
     else:
         labels = pd.concat(writer.labels, ignore_index=True)
-    return ActivationDataset(None, labels, shapes, map_names, meta, obs_shape, writer.shards)
+    return ActivationDataset(None, labels, shapes, map_shapes, meta, obs_shape, writer.shards, derived)
+
+
+def _derived_hooks(policy, shapes: dict[str, tuple], obs, device) -> dict[str, float]:
+    """{DERIVED_HOOK: divisor} if hook_obs is asked for and is exactly observations.float() / divisor for this
+    policy (checked on `obs`, a batch of real observations); {} otherwise (it is then stored like any hook)."""
+    if DERIVED_HOOK not in shapes:
+        return {}
+    divisor = float(getattr(policy, "hook_obs_divisor", 255.0))
+    obs = torch.as_tensor(obs)
+    _, cache = policy.run_with_cache(obs.to(device), names_filter=[DERIVED_HOOK])
+    live = cache[DERIVED_HOOK].cpu()
+    derived = obs.float() / divisor
+    return {DERIVED_HOOK: divisor} if live.dtype == derived.dtype and torch.equal(live, derived) else {}
+
+
+@dataclass(frozen=True)
+class _Destination:
+    """Where a dataset is written (`temp`, a hidden folder beside `target`) and where it is committed to."""
+
+    target: Path
+    temp: Path
+
+    def commit(self) -> None:
+        """Rename the finished dataset to its target (new, or still empty: an empty folder is replaced)."""
+        if self.target.exists():
+            if not self.target.is_dir() or any(self.target.iterdir()):
+                raise DatasetError(_not_empty(self.target) + " (it was filled while this dataset was written)")
+            self.target.rmdir()
+        self.temp.rename(self.target)
+        _fsync_dir(self.target.parent)
 
 
 @contextmanager
 def _writing(out, policy):
-    """Claim the output folder (None: in memory) and run the policy in eval and inference mode inside; on any
-    failure remove what was written, so no half-written dataset is left behind (and none opens: no dataset.json)."""
-    folder, created = _claim(out)
+    """Claim the output (None: in memory) and run the policy in eval and inference mode inside. On disk the dataset
+    is written into a hidden partial folder beside `out` and renamed to it when complete (`_finish`); on any failure
+    the partial folder is removed, so `out` is never left half-written."""
+    dest = _claim(out)
     was_training = policy.training
     policy.eval()
     try:
         with torch.inference_mode():
-            yield folder
+            yield dest
     except BaseException:
-        _discard(folder, created)
+        if dest is not None:
+            shutil.rmtree(dest.temp, ignore_errors=True)
         raise
     finally:
         policy.train(was_training)
 
 
-def _claim(out) -> tuple[Path | None, bool]:
-    """The output folder, which must be new or empty; returns (folder, whether we created it)."""
+def _claim(out) -> _Destination | None:
+    """The destination of a dataset written to `out`, which must be a new or an empty folder."""
     if out is None:
-        return None, False
-    folder = Path(out)
-    if folder.exists():
-        if not folder.is_dir():
-            raise DatasetError(f"{folder} is a file: pass a new or empty folder as out.")
-        if any(folder.iterdir()):
-            raise DatasetError(
-                f"{folder} exists and is not empty: pass a new folder, or delete this one (a folder without "
-                "dataset.json is an unfinished collection)."
-            )
-        return folder, False
-    folder.mkdir(parents=True)
-    return folder, True
+        return None
+    target = Path(out)
+    if target.exists():
+        if not target.is_dir():
+            raise DatasetError(f"{target} is a file: pass a new or empty folder as out.")
+        if any(target.iterdir()):
+            raise DatasetError(_not_empty(target))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = target.parent / f".{target.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
+    temp.mkdir()  # the permissions a new folder gets (mkdtemp's would be private)
+    return _Destination(target, temp)
 
 
-def _discard(folder: Path | None, created: bool) -> None:
-    """Remove what a failed collection wrote (shards, temp files), and the folder if we made it."""
-    if folder is None:
-        return
-    for path in folder.iterdir():
-        if SHARD_RE.match(path.name.split(".")[0]) or path.name.startswith("."):
-            path.unlink(missing_ok=True)
-    if created and not any(folder.iterdir()):
-        folder.rmdir()
+def _not_empty(folder: Path) -> str:
+    """Why `folder` cannot take a new dataset, saying what it holds and what to do."""
+    entries = sorted(p.name for p in folder.iterdir())
+    again = f"pass a new folder as out, or delete {folder} to collect into it again"
+    if "dataset.json" in entries:
+        try:
+            spec = _read_spec(folder / "dataset.json")
+        except DatasetError as err:
+            return f"{folder} is not empty: it holds a dataset.json that does not open ({err}); {again}."
+        missing = [r.get("name") for r in spec["shards"] if not (folder / f"{r.get('name')}.safetensors").exists()]
+        if missing:
+            return (f"{folder} is not empty: it holds a dataset.json whose shards are missing ({', '.join(missing)}), "
+                    f"a damaged dataset; {again}.")  # fmt: skip
+        shards = f"{len(spec['shards'])} shard" + ("s" if len(spec["shards"]) != 1 else "")
+        return (f"{folder} is not empty: it holds a dataset ({spec['n']} rows in {shards}; "
+                f"open_dataset({str(folder)!r}) reads it); {again}.")  # fmt: skip
+    if any(SHARD_RE.match(name.split(".")[0]) for name in entries):
+        return (f"{folder} is not empty: it holds dataset shards without a dataset.json, an unfinished collection "
+                f"(an older workbench wrote into out directly); {again}.")  # fmt: skip
+    shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
+    return f"{folder} is not empty: it holds {shown}, which is not a dataset; pass a new or empty folder as out."
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -619,10 +687,11 @@ def open_dataset(path) -> ActivationDataset:
         raise DatasetError(f"{folder} is not a dataset folder: pass the `out` folder of collect() or replay().")
     spec = _read_spec(folder / "dataset.json")
     hooks = {hook["name"]: tuple(hook["shape"]) for hook in spec["hooks"]}
-    grid = spec["obs_shape"][1] // 2
-    expected = {name: shape for name, shape in hooks.items() if name != DERIVED_HOOK}
+    derived = _read_derived(spec, hooks, folder)
+    map_shapes = _read_map_shapes(spec, folder)
+    expected = {name: shape for name, shape in hooks.items() if name not in derived}
     expected["observations"] = tuple(spec["obs_shape"])
-    expected |= {name: (grid, grid) for name in spec["map_labels"]}
+    expected |= map_shapes
     shards, labels = [], []
     for record in spec["shards"]:
         name, rows = record.get("name"), record.get("rows")
@@ -635,7 +704,40 @@ def open_dataset(path) -> ActivationDataset:
     labels = pd.concat(labels, ignore_index=True)
     if len(labels) != spec["n"]:
         raise DatasetError(f"{folder}: the shards hold {len(labels)} rows but dataset.json says {spec['n']}.")
-    return ActivationDataset(folder, labels, hooks, spec["map_labels"], spec["meta"], spec["obs_shape"], shards)
+    return ActivationDataset(folder, labels, hooks, map_shapes, spec["meta"], spec["obs_shape"], shards, derived)
+
+
+def _read_map_shapes(spec: dict, folder: Path) -> dict[str, tuple]:
+    """{map label: shape}, as recorded; datasets written before shapes were recorded hold our rooms' maps, whose
+    grid is half the observation's side."""
+    shapes = spec.get("map_shapes")
+    if shapes is None:
+        grid = spec["obs_shape"][1] // 2
+        return {name: (grid, grid) for name in spec["map_labels"]}
+    if (
+        not isinstance(shapes, dict)
+        or set(shapes) != set(spec["map_labels"])
+        or not all(isinstance(v, list) and all(isinstance(d, int) and d > 0 for d in v) for v in shapes.values())
+    ):
+        raise DatasetError(f"{folder}/dataset.json has a malformed 'map_shapes' entry: the file is damaged.")
+    return {name: tuple(shapes[name]) for name in spec["map_labels"]}
+
+
+def _read_derived(spec: dict, hooks: dict[str, tuple], folder: Path) -> dict[str, float]:
+    """{hook: divisor} of the hooks derived from the observations; datasets written before this was recorded
+    derive hook_obs as observations / 255 (the workbench policies' contract)."""
+    derived = spec.get("derived")
+    if derived is None:
+        return {DERIVED_HOOK: 255.0} if DERIVED_HOOK in hooks else {}
+    try:
+        out = {name: float(d["divisor"]) for name, d in derived.items() if d["from"] == "observations"}
+    except (AttributeError, KeyError, TypeError, ValueError) as err:
+        raise DatasetError(
+            f"{folder}/dataset.json has a malformed 'derived' entry ({err}): the file is damaged."
+        ) from err
+    if set(out) != set(derived) or not set(out) <= {DERIVED_HOOK} & set(hooks) or not all(d > 0 for d in out.values()):
+        raise DatasetError(f"{folder}/dataset.json has a malformed 'derived' entry {derived}: the file is damaged.")
+    return out
 
 
 def _read_spec(path: Path) -> dict:
@@ -778,7 +880,13 @@ def _checked_hooks(policy, hooks) -> dict[str, tuple]:
         return shapes
     if isinstance(hooks, str):
         hooks = [hooks]
+    aliases = getattr(policy, "hook_aliases", {})
     for name in hooks:
+        if name in aliases:
+            raise ConfigError(
+                f"hook {name!r} is the same activation as {aliases[name]!r}, which this policy lists once under that "
+                f"name (see `workbench hooks`): pass {aliases[name]!r}."
+            )
         if name not in shapes:
             raise unknown_name("hook", name, shapes)
     return {name: shapes[name] for name in dict.fromkeys(hooks)}

@@ -20,7 +20,17 @@ workbench policy contract (`workbench.policies.base`): `view(obs) -> (logits [B,
 `hook_obs` (the preprocessed observation), `hook_logits` and `hook_value` beside the module paths, `obs_shape`,
 `n_actions` and `config()`, so collection, probes, patching and steering take it as they take our own policies.
 Observations are given as the policy's observation space holds them (uint8 images channel-first, as SB3's
-VecTransposeImage hands them over); SB3's own preprocessing (scaling images by 1/255) runs inside.
+VecTransposeImage hands them over); SB3's own preprocessing runs inside, so `hook_obs` is what the network reads:
+observations / 255 where SB3 normalises images (`normalize_images=True` and an image space), the raw values as
+float32 otherwise (`hook_obs_divisor` says which).
+
+An SB3 policy computes some activations under several names: a Sequential's output is its last layer's
+(`features_extractor` is `features_extractor.linear` is `features_extractor.linear.1`), the MLP extractor's tuple
+holds the policy and value nets' outputs (`mlp_extractor.0` is `mlp_extractor.policy_net`), `action_net` is
+`hook_logits`. The view finds these by identity on its first run and lists each activation once, under one
+canonical name (the policy contract's hook, else the shortest module path): `hook_dict`, `workbench hooks`,
+caches and datasets use that name. `hook_aliases` maps every other name to it; hook functions attached by an
+alias (`run_with_hooks`, `hooks`) still work, at the canonical point.
 """
 
 from __future__ import annotations
@@ -76,6 +86,8 @@ class ModuleView(HookedRootModule):
             self._add_point(name, name)
         self._setup_points()
         self._discovering = False
+        self._seen: dict[str, Tensor] | None = None  # outputs by point name, while discovering
+        self.hook_aliases: dict[str, str] = {}  # alias -> canonical name (SB3PolicyView fills it)
         if example_input is not None:
             self._discover(example_input)
 
@@ -87,7 +99,8 @@ class ModuleView(HookedRootModule):
         for name, point in own.items():
             point.name = name
         self.hook_dict = {**own, **self._points}
-        self.mod_dict = dict(self.hook_dict)
+        aliases = getattr(self, "hook_aliases", {})
+        self.mod_dict = {**self.hook_dict, **{a: self.hook_dict[c] for a, c in aliases.items() if c in self.hook_dict}}
 
     def _add_point(self, name: str, owner: str) -> HookPoint:
         point = self._points[name] = HookPoint()
@@ -104,7 +117,11 @@ class ModuleView(HookedRootModule):
             self._discovering = False
 
     def _through(self, name: str, output: Any, owner: str) -> Any:
+        if name in self.hook_aliases:  # the same activation as another point, which carries the hooks
+            return None
         if isinstance(output, Tensor):
+            if self._seen is not None:
+                self._seen[name] = output
             point = self._points.get(name)
             if point is None:  # first time this element of a tuple or dict output is seen
                 point = self._add_point(name, owner)
@@ -181,7 +198,24 @@ class SB3PolicyView(ModuleView):
         self.obs_shape = tuple(int(d) for d in policy.observation_space.shape)
         self.n_actions = int(policy.action_space.n)
         self.spec = spec or {}
-        self._discover(torch.as_tensor(policy.observation_space.sample()[None]).to(_device(policy)))
+        self._seen = {}
+        try:
+            self._discover(torch.as_tensor(policy.observation_space.sample()[None]).to(_device(policy)))
+            self.hook_aliases = _aliases_by_identity(self._seen, self._owner)
+        finally:
+            self._seen = None
+        for alias in self.hook_aliases:
+            self._points.pop(alias, None)
+            self._owner.pop(alias, None)
+        self._setup_points()
+
+    @property
+    def hook_obs_divisor(self) -> float:
+        """`hook_obs` is the observations (as float32) divided by this: 255 where SB3 normalises images, else 1."""
+        from stable_baselines3.common.preprocessing import is_image_space
+
+        policy = self.model
+        return 255.0 if policy.normalize_images and is_image_space(policy.observation_space) else 1.0
 
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         from stable_baselines3.common.preprocessing import preprocess_obs
@@ -201,6 +235,8 @@ class SB3PolicyView(ModuleView):
                 latent_vf = policy.mlp_extractor.forward_critic(policy.vf_features_extractor(x))
             logits = self.hook_logits(policy.action_net(latent_pi))
             value = self.hook_value(policy.value_net(latent_vf).squeeze(-1))
+        if self._seen is not None:
+            self._seen |= {"hook_obs": x, "hook_logits": logits, "hook_value": value}
         return logits, value
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
@@ -236,6 +272,27 @@ class SB3PolicyView(ModuleView):
 
         spec = self.spec or policy_spec(self.model)
         return {"arch": self.arch, "obs_shape": list(self.obs_shape), "n_actions": self.n_actions, "sb3": spec}
+
+
+CONTRACT_HOOKS = ("hook_obs", "hook_logits", "hook_value")
+
+
+def _aliases_by_identity(seen: dict[str, Tensor], owner: dict[str, str]) -> dict[str, str]:
+    """{alias: canonical name} over the outputs of one run: names whose output was the very same tensor object
+    are one activation. The canonical name is a policy-contract hook, else a module's own output (not an element
+    of a tuple output), else the fewest path components, else the first in execution order."""
+    groups: dict[int, list[str]] = {}
+    for name, tensor in seen.items():  # execution order
+        groups.setdefault(id(tensor), []).append(name)
+    aliases = {}
+    for names in groups.values():
+        if len(names) < 2:
+            continue
+        rank = {name: (name not in CONTRACT_HOOKS, owner.get(name, name) != name, name.count("."), i)
+                for i, name in enumerate(names)}  # fmt: skip
+        canonical = min(names, key=rank.__getitem__)
+        aliases |= {name: canonical for name in names if name != canonical}
+    return aliases
 
 
 def _device(module: nn.Module) -> torch.device:

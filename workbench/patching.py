@@ -93,6 +93,12 @@ def hook_kind(hook: str, shape: Sequence[int]) -> str:
 
 
 def check_hook(policy, hook: str) -> None:
+    aliases = getattr(policy, "hook_aliases", {})
+    if hook in aliases:
+        raise PatchError(
+            f"hook {hook!r} is the same activation as {aliases[hook]!r}, which this policy lists once under that name "
+            f"(see `workbench hooks`): pass {aliases[hook]!r}."
+        )
     if hook not in policy.hook_dict:
         arch = getattr(policy, "arch", type(policy).__name__)
         raise unknown_name(f"hook of this {arch} policy (see `workbench hooks`)", hook, policy.hook_dict)
@@ -463,8 +469,15 @@ def patch_sweep(
 
 
 def default_patch_hooks(policy) -> list[str]:
-    """Every conv map and the fc layer of a CNN; every block's residual output and heads of a transformer."""
+    """Every conv map and the fc layer of a CNN; every block's residual output and heads of a transformer; for an
+    SB3 policy the last conv map (NatureCNN), the features and the policy net's output."""
     arch = getattr(policy, "arch", None)
+    if arch == "sb3":
+        from workbench.policies import hook_shapes
+
+        shapes = hook_shapes(policy)
+        maps = [name for name, shape in shapes.items() if len(shape) == 3 and name != "hook_obs"]
+        return maps[-1:] + [name for name in ("features_extractor", "mlp_extractor.policy_net") if name in shapes]
     if arch not in ("cnn", "transformer"):
         raise PatchError(f"no default hooks to patch for a {arch or type(policy).__name__} policy: name them.")
     if arch == "cnn":

@@ -9,6 +9,12 @@ figure is the same `workbench.dashboard.figures` function the app draws with, ov
 directory: checkpoint metrics, an episode of the focus checkpoint, its activations on the first frame, every
 probe table (selectivity, the most selective probes over training, their directions), patching and behaviour
 tables. Views whose files are absent say which command writes them.
+
+An imported run (`workbench import-sb3`) gets what applies to it: its hooks (each activation once, with the
+aliases SB3 gives it), and with a MiniGrid env an episode of that env (the whole grid drawn, MiniGrid's actions),
+activations, probes, patching and behaviour (`workbench eval`); it has no training curve (one imported checkpoint)
+and no steering section (steering uses the workbench's own rooms). Without an env, only the hooks and any probe or
+patching table apply, and the report says so.
 """
 
 from __future__ import annotations
@@ -83,33 +89,58 @@ def render(run_or_ckpt: str | Path, progress: Callable[[str], None] | None = Non
     run_dir, focus = resolve(run_or_ckpt)
     run = data.load_run(run_root(run_dir))
     say = progress or (lambda what: None)
+    imported = run.world is not None
     report = Report(f"reward-workbench report — {run.root.name}, step {focus:,}")
-    report.note(f"{run.arch} policy on {run.variant} · checkpoints {', '.join(f'{s:,}' for s in run.steps)} · "
+    where = _env_text(run.config["env"]) if imported else run.variant
+    report.note(f"{run.arch} policy on {where} · checkpoints {', '.join(f'{s:,}' for s in run.steps)} · "
                 f"{run.root} · written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")  # fmt: skip
     report.parts.append(_config_table(run.config))
 
     say("training")
     report.heading("Training")
-    report.figures(figures.training_metrics(run.metrics))
+    if imported:
+        source = (run.config.get("imported") or {}).get("source", "an SB3 zip")
+        report.note(f"Imported from {source} (workbench import-sb3) at step {focus:,}: no training curve, the run "
+                    "holds the one imported checkpoint.")  # fmt: skip
+    else:
+        report.figures(figures.training_metrics(run.metrics))
 
-    say("episode")
-    report.heading(f"An episode of step {focus:,} (seed 0)")
-    ep = data.episode(run, focus, 0, "train")
-    shown = np.unique(np.linspace(0, len(ep) - 1, min(8, len(ep))).round().astype(int))
-    captions = [f"t={t}" + (f" {', '.join(ep.events[t])}" if ep.events[t] else "") for t in shown]
-    report.figures(figures.episode_strip([ep.obs[t] for t in shown], captions, "frames"))
-    names = data.action_names(ep.probs.shape[1])
-    report.figures(figures.action_probs(ep.probs[0], names, int(ep.actions[0]) if len(ep.actions) else None),
-                   figures.episode_trace(ep.value, ep.reward, ep.events, 0))  # fmt: skip
-
-    say("activations")
-    report.heading(f"Activations of step {focus:,} on the episode's first frame")
     shapes = data.hook_names(run, focus)
-    picked = [h for h in shapes if h.startswith("conv.") or h.endswith("hook_pattern")] or [
-        h for h in shapes if h not in ("hook_obs", "hook_logits", "hook_value")
-    ][:4]
-    acts = [(hook, data.activation(run, focus, ep.obs[0], hook)) for hook in picked]
-    report.figures(*[figures.activation(act, hook, _busiest(act, hook)) for hook, act in acts])
+    if imported:
+        say("hooks")
+        report.heading("Hooks")
+        report.note("Every hook of the imported policy with its activation shape (batch dim omitted), each activation "
+                    "once; the other names SB3 gives the same activation are listed beside it and are accepted by "
+                    "run_with_hooks.")  # fmt: skip
+        report.parts.append(_hooks_table(shapes, getattr(data.policy_at(run, focus), "hook_aliases", {})))
+
+    ep = None
+    if run.world in (None, "minigrid"):
+        say("episode")
+        report.heading(f"An episode of step {focus:,} (seed 0)")
+        ep = data.episode(run, focus, 0, "train")
+        shown = np.unique(np.linspace(0, len(ep) - 1, min(8, len(ep))).round().astype(int))
+        captions = [f"t={t}" + (f" {', '.join(ep.events[t])}" if ep.events[t] else "") for t in shown]
+        pictures = ep.frames if ep.frames is not None else ep.obs
+        title = "frames (the whole grid; the agent's view highlighted)" if ep.frames is not None else "frames"
+        report.figures(figures.episode_strip([pictures[t] for t in shown], captions, title))
+        names = data.action_names(ep.probs.shape[1], run.world)
+        report.figures(figures.action_probs(ep.probs[0], names, int(ep.actions[0]) if len(ep.actions) else None),
+                       figures.episode_trace(ep.value, ep.reward, ep.events, 0))  # fmt: skip
+
+        say("activations")
+        report.heading(f"Activations of step {focus:,} on the episode's first frame")
+        picked = [h for h in shapes if h.startswith("conv.") or h.endswith("hook_pattern")]
+        if run.arch == "sb3":  # conv maps where there are some (NatureCNN), else the first module outputs
+            picked = [h for h, shape in shapes.items() if len(shape) == 3 and h != "hook_obs"][:4]
+        picked = picked or [h for h in shapes if h not in ("hook_obs", "hook_logits", "hook_value")][:4]
+        acts = [(hook, data.activation(run, focus, ep.obs[0], hook)) for hook in picked]
+        report.figures(*[figures.activation(act, hook, _busiest(act, hook)) for hook, act in acts])
+    else:
+        report.heading("Episode and activations")
+        report.note("This run was imported without an env, so there is no episode to play or frame to read: import "
+                    "it again with --env (a MiniGrid id, -o for its kwargs) for the episode, activations and "
+                    "behaviour.", "missing")  # fmt: skip
 
     say("probes")
     report.heading("Probes")
@@ -126,7 +157,7 @@ def render(run_or_ckpt: str | Path, progress: Callable[[str], None] | None = Non
         for row in top.itertuples():
             direction = data.find_direction(directions, step, row.hook, row.label, row.probe)
             extra = []
-            if direction is not None:
+            if direction is not None and ep is not None:
                 act = data.activation(run, step, ep.obs[0], row.hook)
                 extra = [figures.direction_grid(direction), figures.probe_on_frame(direction, act, 0)]
             report.figures(figures.probe_curves(scores, row.hook, row.label, row.probe), *extra)
@@ -143,7 +174,10 @@ def render(run_or_ckpt: str | Path, progress: Callable[[str], None] | None = Non
 
     say("steering")
     report.heading(f"Steering at step {focus:,}")
-    options = data.steering_options(run, focus)
+    options = [] if imported else data.steering_options(run, focus)
+    if imported:
+        report.note("Steering rolls the policy out in the workbench's own rooms with their contrast vectors; it does "
+                    "not apply to an imported run.")  # fmt: skip
     if options:
         spec, coef = options[0]["value"], 2.0
         report.note(f"{options[0]['label']}: one episode steered at coefficients -{coef:g} and +{coef:g} beside the "
@@ -179,11 +213,34 @@ def _busiest(act: np.ndarray, hook: str) -> int:
     return int(np.argmax(per.reshape(n, -1).std(1)))
 
 
+def _env_text(env: dict) -> str:
+    if env.get("world") != "minigrid":
+        return "no env (imported without one)"
+    kwargs = f", kwargs {env['kwargs']}" if env.get("kwargs") else ""
+    return f"{env['env_id']} (obs {env.get('obs', 'image')!r}{kwargs})"
+
+
+def _hooks_table(shapes: dict[str, tuple], aliases: dict[str, str]) -> str:
+    by_name: dict[str, list[str]] = {}
+    for alias, name in aliases.items():
+        by_name.setdefault(name, []).append(alias)
+    rows = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{list(shape)}</td>"
+        f"<td>{html.escape(', '.join(sorted(by_name.get(name, []))))}</td></tr>"
+        for name, shape in shapes.items()
+    )
+    head = "<tr><td><b>hook</b></td><td><b>shape</b></td><td><b>also named</b></td></tr>"
+    return f'<table class="cfg">{head}{rows}</table>'
+
+
 def _config_table(config: dict) -> str:
     rows = []
-    for section in ("env", "policy", "ppo"):
+    for section in ("env", "policy", "ppo", "imported"):
+        if section not in config:
+            continue
         values = config.get(section) or {}
         text = ", ".join(f"{k}={v}" for k, v in values.items())
         rows.append(f"<tr><td>{section}</td><td>{html.escape(text)}</td></tr>")
-    rows.append(f"<tr><td>seed</td><td>{html.escape(str(config.get('seed')))}</td></tr>")
+    if "seed" in config:
+        rows.append(f"<tr><td>seed</td><td>{html.escape(str(config.get('seed')))}</td></tr>")
     return f'<table class="cfg">{"".join(rows)}</table>'

@@ -255,14 +255,27 @@ def _type(space) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- writing a run
-def import_sb3(path: str | Path, out: str | Path, env: str | None = None) -> Path:
+def import_sb3(path: str | Path, out: str | Path, env: str | None = None, obs_kind: str | None = None,
+               env_kwargs: dict | None = None) -> Path:  # fmt: skip
     """Read an SB3 zip (never unpickling) and write a workbench run directory with one checkpoint; returns it.
 
-    env: the env it was trained on, if the workbench can build it (a MiniGrid id such as
-    'MiniGrid-Empty-5x5-v0', with obs 'image' or 'rgb' chosen from the observation shape), so that `collect` and
-    `probe_sweep` can default to it; without it, pass the env to those explicitly."""
+    env         the env it was trained on, if the workbench can build it (a MiniGrid id such as
+                'MiniGrid-Empty-5x5-v0'), so that collect, probe, eval, patch and report can rebuild it; without
+                it, the run has no env (pass one to `collect` explicitly)
+    obs_kind    the observation kind of that env, 'image' or 'rgb' (workbench.minigrid_world); None: whichever
+                kind gives the policy's observation space
+    env_kwargs  keyword arguments the env was made with (e.g. {"agent_view_size": 9}); stored in the run, so
+                every place that rebuilds the env builds the same one
+
+    The env is checked against the policy: its observation space (shape, dtype and bounds) and its number of
+    actions must be the policy's, or the import is refused naming both. An SB3 zip does not record which env it was
+    trained on, so envs with the same spaces (MiniGrid-Empty-5x5-v0 and MiniGrid-DoorKey-5x5-v0 both give [3, 7, 7]
+    uint8 views and 7 actions) cannot be told apart: the env id is taken as given."""
     from workbench.checkpoints import save_step, tensor_spec, versions, write_run
 
+    if env is None and (obs_kind is not None or env_kwargs):
+        raise ConfigError("an observation kind or env kwargs were given without an env: pass --env too, e.g. "
+                          "--env MiniGrid-Empty-5x5-v0 --obs-kind image -o agent_view_size=9.")  # fmt: skip
     config, state, info = read_sb3_zip(path)
     view = build_sb3_policy(config)
     try:
@@ -274,13 +287,11 @@ def import_sb3(path: str | Path, out: str | Path, env: str | None = None) -> Pat
         raise CheckpointError(f"{out} exists and is not empty: pass a new folder for the imported run.")
     env_spec = {"world": "unknown"}
     if env is not None:
-        from workbench.minigrid_world import minigrid_config
+        from workbench.minigrid_world import matching_config
 
-        obs = "rgb" if config["obs_shape"][-1] > 7 else "image"
-        cfg = minigrid_config(env, obs=obs)
-        if list(cfg.obs_shape) != config["obs_shape"]:
-            raise ConfigError(f"{env} ({obs}) gives observations {list(cfg.obs_shape)}, the policy reads "
-                              f"{config['obs_shape']}: pass the env it was trained on.")  # fmt: skip
+        spec = config["sb3"]
+        cfg = matching_config(env, obs_kind, env_kwargs, config["obs_shape"], spec["obs_dtype"],
+                              config["n_actions"], spec["obs_low"], spec["obs_high"])  # fmt: skip
         env_spec = cfg.to_dict()
     weights = view.state_dict()
     write_run(out, {"env": env_spec, "policy": view.config(), "tensors": tensor_spec(weights), "imported": info,

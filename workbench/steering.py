@@ -135,6 +135,15 @@ def policy_env(policy, variant: str | None = None) -> EnvConfig:
     """The env the policy was trained on (run.json), or a default room that fits its observation shape; with
     `variant`, that variant at the same room size."""
     run_env = dict(getattr(policy, "run", {}).get("env", {}) or {})
+    if "world" in run_env:  # an imported run: MiniGrid, or no env at all
+        from workbench.errors import ConfigError
+
+        where = run_env.get("env_id", "no env the workbench can build")
+        raise ConfigError(
+            f"this policy acts in {where}, not in the workbench's rooms, whose contrast pairs and rollouts steering "
+            "uses: steer workbench-trained runs. On an imported MiniGrid run: eval, patch (factors key, carrying, "
+            "door), probe and report."
+        )
     room_size = run_env.get("room_size", policy.obs_shape[-1] // 2 - 2)
     if variant is None and run_env:
         return make_config(**run_env)

@@ -54,7 +54,16 @@ class Run:
         return self.config["policy"]["arch"]
 
     @property
+    def world(self) -> str | None:
+        """None for the workbench's rooms; "minigrid" for an imported run with a MiniGrid env; "unknown" for an
+        imported run without an env the workbench can build."""
+        return self.config["env"].get("world")
+
+    @property
     def variant(self) -> str:
+        """The room variant, or for an imported run its MiniGrid env id (or "no env")."""
+        if self.world is not None:
+            return self.config["env"].get("env_id", "no env")
         return self.config["env"].get("variant", "trash")
 
     def distributions(self) -> tuple[str, ...]:
@@ -138,6 +147,7 @@ class Episode:
     reward: np.ndarray  # [T+1]
     events: list[list[str]]
     labels: list[dict | None]
+    frames: np.ndarray | None = None  # [T+1, 3, H, W] what to show, where it is not obs (MiniGrid: the whole grid)
 
     def __len__(self) -> int:
         return len(self.obs)
@@ -146,6 +156,11 @@ class Episode:
 def episode(run: Run, step: int, seed: int = 0, distribution: str = "train") -> Episode:
     if distribution not in run.distributions():
         raise PathError(f"distribution {distribution!r} is not one of {list(run.distributions())} for this run.")
+    if run.world == "minigrid":
+        return _minigrid_episode(file_key(checkpoint_path(run, step)), json.dumps(run.config["env"], sort_keys=True),
+                                 int(seed))  # fmt: skip
+    if run.world is not None:
+        raise PathError("this imported run has no env the workbench can build, so it has no episodes to show.")
     return _episode(file_key(checkpoint_path(run, step)), _env_key(run.config["env"], distribution), int(seed))
 
 
@@ -185,6 +200,16 @@ def _episode(ckpt_key: tuple, env_key: tuple, seed: int) -> Episode:
                    labels)  # fmt: skip
 
 
+@functools.lru_cache(maxsize=8)
+def _minigrid_episode(ckpt_key: tuple, env_json: str, seed: int) -> Episode:
+    from workbench.minigrid_world import episode as play
+    from workbench.minigrid_world import minigrid_config
+
+    ep = play(_policy(*ckpt_key), minigrid_config(**json.loads(env_json)), seed)
+    return Episode(ep["obs"], ep["probs"], ep["value"], ep["actions"], ep["reward"], ep["events"], ep["labels"],
+                   ep["frames"])  # fmt: skip
+
+
 def _scalar_labels(labels: dict[str, np.ndarray]) -> dict:
     """The per-step scalar labels of env 0 (maps and bookkeeping left out), as plain Python values."""
     out = {}
@@ -196,8 +221,15 @@ def _scalar_labels(labels: dict[str, np.ndarray]) -> dict:
     return out
 
 
-def action_names(n: int) -> list[str]:
-    return list(ACTION_NAMES[:n]) + [str(i) for i in range(len(ACTION_NAMES), n)]
+def action_names(n: int, world: str | None = None) -> list[str]:
+    """Names of a policy's n actions: the workbench rooms' moves, or MiniGrid's actions (world "minigrid")."""
+    if world == "minigrid":
+        from workbench.minigrid_world import ACTION_NAMES as MINIGRID_ACTIONS
+
+        names = MINIGRID_ACTIONS
+    else:
+        names = ACTION_NAMES
+    return list(names[:n]) + [str(i) for i in range(len(names), n)]
 
 
 # ---------------------------------------------------------------------------------------------- activations
