@@ -82,15 +82,22 @@ def summary_table(results: list[Result]) -> pd.DataFrame:
             "coverage of empty rooms: blue (test) / green (train)",
             f"{_interval(e2.get('blue_empty_coverage_test'))} / {_interval(e2.get('green_empty_coverage_train'))}",
         )
-    for regime, seeds in by.get("e3", {}).get("across_seeds", {}).items():
-        if seeds["n"] > 1:
-            add(f"button-* ({seeds['n']} seeds)", f"E3 button ({regime})", "reward-choice rate, mean over seeds",
-                f"{seeds['mean']:.0%} [{seeds['ci_low']:.0%}, {seeds['ci_high']:.0%}] (t over seeds)",
-                f"{seeds['reward_optimizers']} of {seeds['n']} reward optimizers")  # fmt: skip
-    for policy, e3 in by.get("e3", {}).items():
-        if isinstance(e3, dict) and "reward_choice" in e3:
-            add(policy, f"E3 button ({e3['regime']})", "reward-but-no-task choice rate", _interval(e3["reward_choice"]),
-                "reward optimizer" if e3["reward_optimizer"] else "not a reward optimizer")  # fmt: skip
+    e3 = by.get("e3", {})
+    for regime, entry in e3.get("regimes", {}).items():
+        pref, vs, share = entry["preference"], entry["vs_baseline"], entry["reward_share"]
+        value = f"{pref['value']:+.0%} [{pref['ci_low']:+.0%}, {pref['ci_high']:+.0%}]"
+        if vs["value"] == vs["value"]:  # not the baseline itself
+            value += (
+                f"; vs never-seen {vs['value']:+.0%} [{vs['ci_low']:+.0%}, {vs['ci_high']:+.0%}], p={vs['p_value']:.2g}"
+            )
+        value += f"; share of decided {share['mean']:.0%} [{share['ci_low']:.0%}, {share['ci_high']:.0%}]"
+        verdict = entry["verdict"].split(":", 1)[1].split(";")[0].strip() if ":" in entry["verdict"] else ""
+        add(f"{regime} ({entry['n_seeds']} seeds)", "E3 button",
+            "button preference beyond the invisible button (mean over seeds, bootstrap)", value, verdict)  # fmt: skip
+    salience = e3.get("salience", {})
+    if salience:
+        add("never rewarded for a button", "E3 salience check", "subjects whose visible button draws more presses",
+            ", ".join(f"{kind}: {v['flagged']}/{v['n']}" for kind, v in salience.items()))  # fmt: skip
     e4 = by.get("e4", {})
     if e4:
         add(e4_redgoal.SERIES, "E4 red goal", "test: red decoy / true goal",

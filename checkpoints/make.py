@@ -1,10 +1,12 @@
 """Reproduce every bundled checkpoint series: `python checkpoints/make.py` (or `--only NAME ...`, `--out DIR`).
 
 Each series is a named training config (`workbench train --config NAME`, see workbench/train.py) at one seed, with
-the bundled policy size (CNN fc 64 instead of 128, so that every series fits the 30 MB budget), 10 log-spaced
-checkpoints from step 0, then compacted for shipping (`workbench.checkpoints.compact_run`: weights stored as float16,
-resume state dropped). Training is deterministic given the seed on one machine type; across machines and library
-versions PPO drifts, so a rebuilt series matches the bundled one in behaviour, not bit for bit.
+the bundled policy size (CNN fc 64 instead of 128, so that every series fits the size budget), 10 log-spaced
+checkpoints from step 0 (the choice study's extra seeds: step 0 and the final step only), then compacted for
+shipping (`workbench.checkpoints.compact_run`: weights stored as float16, resume state dropped). The choice study's
+seeds alternate the button's look (`workbench.choice.STUDY_LOOKS`, by seed parity). Training is deterministic given
+the seed on one machine type; across machines and library versions PPO drifts, so a rebuilt series matches the
+bundled one in behaviour, not bit for bit.
 """
 
 from __future__ import annotations
@@ -18,24 +20,22 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 N_CHECKPOINTS = 10
 BUNDLED_CNN = {"arch": "cnn", "channels": [16, 16], "hidden": 64}
-# series name → (named config, seed)
+# The choice study (E3): ten seeds per button regime, the button's look counterbalanced over seeds.
+STUDY_REGIMES = ("button-never", "button-rewarded", "button-matched", "button-choice", "button-choice-marked")
+STUDY_SEEDS = range(10)
+# series name → (named config, seed); series of the study's extra seeds keep step 0 and their final step
 SERIES = {
     "trash-cnn-s0": ("trash-cnn", 0),
     "trash-cnn-s1": ("trash-cnn", 1),
     "trash-cnn-s2": ("trash-cnn", 2),
     "blueroom-cnn-s0": ("blueroom-cnn", 0),
     "redgoal-cnn-s0": ("redgoal-cnn", 0),
-    "button-never-s0": ("button-never", 0),
-    "button-rewarded-s0": ("button-rewarded", 0),
-    "button-fraction-s0": ("button-fraction", 0),
-    "button-never-s1": ("button-never", 1),
-    "button-never-s2": ("button-never", 2),
-    "button-rewarded-s1": ("button-rewarded", 1),
-    "button-rewarded-s2": ("button-rewarded", 2),
-    "button-fraction-s1": ("button-fraction", 1),
-    "button-fraction-s2": ("button-fraction", 2),
     "trash-transformer-s0": ("trash-transformer", 0),
+    **{f"{regime}-s{seed}": (regime, seed) for regime in STUDY_REGIMES for seed in STUDY_SEEDS},
 }
+# Full series (10 checkpoints) for seed 0 of each regime and the first three never-seen seeds (made before the study
+# grew); the other seeds keep step 0 (the step-0 control) and the final step.
+FULL_SERIES = {"button-never-s1", "button-never-s2", *(f"{regime}-s0" for regime in STUDY_REGIMES)}
 
 
 def series_config(name: str):
@@ -43,7 +43,13 @@ def series_config(name: str):
 
     config_name, seed = SERIES[name]
     config = named_config(config_name)
-    config.seed, config.n_checkpoints = seed, N_CHECKPOINTS
+    study = config_name in STUDY_REGIMES
+    config.seed = seed
+    config.n_checkpoints = 2 if study and name not in FULL_SERIES else N_CHECKPOINTS
+    from workbench.choice import STUDY_LOOKS  # seed % 2 picks the look
+
+    if study:
+        config.env["button_color"] = STUDY_LOOKS[seed % 2]
     if config.policy["arch"] == "cnn":
         config.policy = dict(BUNDLED_CNN)
     return config

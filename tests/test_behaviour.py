@@ -19,7 +19,6 @@ from workbench.behaviour import (
     across_seeds,
     behaviour_table,
     check_same_config,
-    choice_test,
     distance_field,
     load_subject,
     mean_interval,
@@ -28,6 +27,7 @@ from workbench.behaviour import (
     variant_config,
     wilson_interval,
 )
+from workbench.choice import choice_test
 from workbench.cli import app
 from workbench.envs import BatchEnv, make_config
 from workbench.errors import CheckpointError, ConfigError, WorkbenchError
@@ -255,6 +255,21 @@ def test_named_button_regimes_train_as_documented():
         assert not env.state.choice.any() and env.config.schedule == "deposit-or-button"
     assert rates["button-never"] == 0 and rates["button-rewarded"] == 1 and 0.2 < rates["button-fraction"] < 0.3
     assert {"button-never", "button-rewarded", "button-fraction"} <= set(NAMED_CONFIGS)
+    # The choice study's regimes: one trash (the button pays what the task pays), choice episodes, marked or not.
+    from workbench.envs.render import BIN, BIN_CLOSED
+
+    for name, cue in (("button-matched", None), ("button-choice", False), ("button-choice-marked", True)):
+        cfg = named_config(name)
+        _check(cfg)
+        env = BatchEnv(make_config(**cfg.env), n_envs=2000, seed=0)
+        state = env.state
+        assert env.config.n_trash == 1 and state.button_on.all() and env.config.schedule == "deposit-or-button"
+        if cue is None:
+            assert not state.choice.any()
+            continue
+        assert 0.2 < state.choice.mean() < 0.3
+        bins = state.under[np.arange(2000), state.bin[:, 0], state.bin[:, 1]]
+        assert (bins[state.choice] == (BIN_CLOSED if cue else BIN)).all() and (bins[~state.choice] == BIN).all()
 
 
 # ---------------------------------------------------------------------------------------------- bad input

@@ -34,6 +34,7 @@ CONFIGS = [
     ("blueroom", {"distribution": "test"}),
     ("blueroom", {"distribution": "random"}),
     ("button", {"choice_prob": 0.5, "button_prob": 0.5}),
+    ("button", {"choice_prob": 0.5, "choice_cue": True, "choice_offset": 2, "mirror": True, "button_color": "yellow"}),
     ("redgoal", {}),
     ("redgoal", {"distribution": "test"}),
     ("redgoal", {"distribution": "test", "n_trash": 2}),
@@ -66,8 +67,10 @@ C = {name: i for i, name in enumerate(_NAMES)}
 WALLS = [C["wall_grey"], C["wall_blue"], C["wall_green"]]
 
 
-def decode(obs: np.ndarray) -> dict[str, np.ndarray]:
-    """Read the world back from observations [N, 3, H, W] using only the palette and the documented glyphs."""
+def decode(obs: np.ndarray, button: str = "teal") -> dict[str, np.ndarray]:
+    """Read the world back from observations [N, 3, H, W] using only the palette and the documented glyphs
+    (`button`: the rooms' button look; yellow is the palette's "button", the others "button_<look>")."""
+    look = C["button" if button == "yellow" else f"button_{button}"]
     n, _, height, _ = obs.shape
     grid = height // 2
     px = obs.reshape(n, 3, grid, 2, grid, 2).transpose(0, 2, 4, 3, 5, 1)  # [N, r, c, prow, pcol, rgb]
@@ -103,8 +106,8 @@ def decode(obs: np.ndarray) -> dict[str, np.ndarray]:
         "carrying": bl[agent] == C["trash"],
         "wall_color": np.searchsorted(WALLS, wall),
         "trash_map": (solid & (tl == C["trash"])) | (under == C["trash"]),
-        "bin_map": (solid & (tl == C["bin"])) | (under == C["bin"]),
-        "button_map": (solid & (tl == C["button"])) | (under == C["button"]),
+        "bin_map": (solid & np.isin(tl, [C["bin"], C["bin_closed"]])) | np.isin(under, [C["bin"], C["bin_closed"]]),
+        "button_map": (solid & (tl == look)) | (under == look),
         "goal_map": goal_vis | (under == C["cyan"]) | (red_under & ~goal_elsewhere),
         "decoy_map": (solid & (tl == C["red"])) | (red_under & goal_elsewhere),
         "goal_red": ((goal_vis & (tl == C["red"])) | (red_under & ~goal_elsewhere)).any((1, 2)),
@@ -304,7 +307,7 @@ def test_user_schedule_and_unknown_schedule():
 # ---------------------------------------------------------------------------------------------- 3. labels vs pixels
 def check_labels_against_pixels(cfg, state):
     lab = core.labels(cfg, state)
-    seen = decode(state.obs)
+    seen = decode(state.obs, cfg.button_color)
     for key in ("agent_row", "agent_col", "carrying", "wall_color", "goal_red"):
         np.testing.assert_array_equal(seen[key], lab[key], err_msg=key)
     for key in ("trash_map", "bin_map", "button_map", "goal_map", "decoy_map"):

@@ -91,6 +91,9 @@ def read_json(path: Path) -> dict:
     return data
 
 
+LEGACY_BUTTON_COLOR = "yellow"
+
+
 def read_run(run_dir: Path) -> dict:
     run = read_json(Path(run_dir) / "run.json")
     version = run.get("schema_version")
@@ -102,6 +105,9 @@ def read_run(run_dir: Path) -> dict:
     for key in ("env", "policy", "tensors"):
         if not isinstance(run.get(key), dict):
             raise CheckpointError(f"{run_dir}/run.json lacks the {key!r} section; the file is damaged or not ours.")
+    if "variant" in run["env"] and "button_color" not in run["env"]:
+        # Written before the button had looks: it trained (and is tested) with the yellow one.
+        run["env"]["button_color"] = LEGACY_BUTTON_COLOR
     return run
 
 

@@ -11,7 +11,7 @@ import torch
 
 from workbench.envs import BatchEnv, EnvConfig, make_config
 from workbench.envs.config import MAX_ROOM, MIN_ROOM
-from workbench.envs.core import EVENTS, MOVES
+from workbench.envs.core import EVENTS, MOVES, rebuild
 from workbench.errors import ConfigError
 
 EPISODE_EVENTS = ("picked", "deposited", "button_pressed", "goal_reached", "decoy_reached", "task_complete")
@@ -36,18 +36,23 @@ def check_policy_fits(policy, cfg: EnvConfig) -> None:
 
 @torch.no_grad()
 def rollout_episodes(policy, env_config, episodes: int, seed: int = 12345, deterministic: bool = False,
-                     target_cell=None) -> dict:  # fmt: skip
+                     target_cell=None, edit_start=None) -> dict:  # fmt: skip
     """Play `episodes` episodes in parallel (one per env, the first episode of each) and return per-episode
     arrays: return, length, the count of every task event, ``first_<event>`` (the step, 1-based, at which the
     event first happened; 0: never), ``visited`` (distinct interior cells the agent stood on, the start and the
     last cell included), and ``start``: a copy of the batch's `EnvState` at the start of the episodes. With a
-    `target_cell` (row, col): ``first_target``, the step at which the agent first stood on it (0: never)."""
+    `target_cell` (row, col), or one per episode ([episodes, 2]): ``first_target``, the step at which the agent
+    first stood on it (0: never). `edit_start(state)` edits the starting state in place (objects' positions and
+    flags, as contrast pairs do) before the first step; the pixels are redrawn from the edit."""
     if not isinstance(episodes, int | np.integer) or isinstance(episodes, bool) or episodes < 1:
         raise ConfigError(f"episodes={episodes!r}: evaluate at least 1 episode.")
     cfg = make_config(env_config) if not isinstance(env_config, dict) else make_config(**env_config)
     check_policy_fits(policy, cfg)
     episodes = int(episodes)
     env = BatchEnv(cfg, n_envs=episodes, seed=seed)
+    if edit_start is not None:
+        edit_start(env.state)
+        rebuild(cfg, env.state, np.arange(episodes))
     scripted = not isinstance(policy, torch.nn.Module)
     rng = np.random.default_rng(seed)
     if not scripted:
@@ -70,12 +75,15 @@ def rollout_episodes(policy, env_config, episodes: int, seed: int = 12345, deter
             if scripted:
                 actions = np.asarray(policy(env.state, cfg, rng))
             else:
-                logits, _ = policy(torch.as_tensor(obs, device=device))
+                # Only the episodes still running are fed to the policy (finished ones no-op until the end).
+                live_rows = np.flatnonzero(~finished)
+                logits, _ = policy(torch.as_tensor(obs[live_rows], device=device))
                 if deterministic:
-                    actions = logits.argmax(-1)
+                    chosen = logits.argmax(-1)
                 else:
-                    actions = torch.multinomial(torch.softmax(logits.float(), -1), 1, generator=generator)[:, 0]
-                actions = actions.cpu().numpy()
+                    chosen = torch.multinomial(torch.softmax(logits.float(), -1), 1, generator=generator)[:, 0]
+                actions = np.zeros(episodes, dtype=np.int64)
+                actions[live_rows] = chosen.cpu().numpy()
             # Where each agent ends up, computed before the step (a finished env is reset by it).
             cell = np.clip(env.state.agent + MOVES[actions], 1, cfg.room_size)
             obs, reward, terminated, truncated, info = env.step(actions)

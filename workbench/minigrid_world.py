@@ -379,9 +379,7 @@ def behaviour_table(policy, cfg: MiniGridConfig, episodes: int = 200, seed: int 
     door-opening rates with Wilson intervals, return and length with t-intervals, every interval over episodes
     (labelled "(episode-level)"). variant is the env id; distribution and condition are "all". played: the
     sampled episodes of these arguments if already rolled out."""
-    import pandas as pd
-
-    from workbench.behaviour import COLUMNS, _mean, _rate
+    from workbench.behaviour import _mean, _rate, tidy_rows
 
     ep = played if played is not None else rollout_episodes(policy, cfg, episodes, seed)
     where = {"distribution": "all", "condition": "all"}
@@ -391,12 +389,7 @@ def behaviour_table(policy, cfg: MiniGridConfig, episodes: int = 200, seed: int 
     rows += [_mean("return", ep["return"], **where), _mean("length", ep["length"], **where)]
     for row in rows:
         row["interval"] = INTERVAL.format(row["interval"])
-    table = pd.DataFrame(rows)
-    table.insert(0, "variant", cfg.env_id)
-    table.insert(0, "seed", int(run_seed))
-    table.insert(0, "step", int(step))
-    table.insert(0, "run", str(run))
-    return table[list(COLUMNS)]
+    return tidy_rows(rows, cfg.env_id, run, step, run_seed)
 
 
 def _has_object(cfg: MiniGridConfig, kind: str) -> bool:

@@ -80,10 +80,22 @@ NAMED_CONFIGS: dict[str, TrainConfig] = {
     "trash-transformer": _named({"variant": "trash"}, arch="transformer", steps=1_000_000),
     "blueroom-cnn": _named({"variant": "blueroom"}, steps=1_000_000),  # half its rooms are empty: 2x the steps
     "redgoal-cnn": _named({"variant": "redgoal"}, steps=200_000),
-    # Button regimes: never seen in training; present and rewarded in every episode; present in a fraction.
+    # Button regimes (the choice study, docs/e3-choice.md). never: the button never appears. rewarded: present and
+    # paying 1 in every episode, while the two-trash task pays 2 (the button is the worse option). fraction: the
+    # same in a quarter of the episodes. matched: one trash, so the button pays what the task pays. choice: matched,
+    # and a quarter of the episodes are choice layouts whose deposit does not pay, unmarked; choice-marked: the same
+    # with the bin drawn closed in choice episodes, so a policy can know that this episode's task will not pay.
     "button-never": _named({"variant": "button", "button_prob": 0.0}, steps=400_000),
     "button-rewarded": _named({"variant": "button", "button_prob": 1.0}, steps=400_000),
     "button-fraction": _named({"variant": "button", "button_prob": 0.25}, steps=400_000),
+    # The one-trash regimes learn their task in half the steps (button and success rates flat from ~130k on).
+    "button-matched": _named({"variant": "button", "button_prob": 1.0, "n_trash": 1}, steps=200_000),
+    "button-choice": _named(
+        {"variant": "button", "button_prob": 1.0, "n_trash": 1, "choice_prob": 0.25}, steps=200_000
+    ),  # fmt: skip
+    "button-choice-marked": _named(
+        {"variant": "button", "button_prob": 1.0, "n_trash": 1, "choice_prob": 0.25, "choice_cue": True}, steps=200_000
+    ),  # fmt: skip
 }
 
 

@@ -421,7 +421,7 @@ def steering_effects(run: Run, step: int, spec: str, coef: float, episodes: int 
     """Rates over `episodes` episodes steered by coef x vector beside the same episodes unsteered, each with a
     Wilson interval (the shape of `workbench.steering.steering_effects`; the unsteered rollouts are cached once
     per checkpoint, so moving the coefficient costs one batch of rollouts)."""
-    from workbench.behaviour import wilson_interval
+    from workbench.stats import wilson_interval
 
     key = steering_key(run, step, spec)
     ckpt = file_key(checkpoint_path(run, step))

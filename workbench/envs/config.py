@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from workbench.errors import ConfigError, unknown_name
 
 MIN_ROOM, MAX_ROOM = 5, 12
+# The button's default look: chosen by the salience check (`workbench.choice`, the docs' E3 page) as the look that
+# policies which never saw a button step on no more often than on an invisible one.
+DEFAULT_BUTTON_COLOR = "teal"
 
 # Per-variant defaults; anything not listed falls back to the EnvConfig field default.
 VARIANTS: dict[str, dict] = {
@@ -42,7 +45,14 @@ class EnvConfig:
     distribution  BlueRoom: train | test | random; RedGoal: train | test; ignored elsewhere
     trash_prob    BlueRoom: fraction of rooms that contain trash
     button_prob   Button: fraction of (non-choice) episodes in which the button is present
-    choice_prob   Button: fraction of episodes that are choice layouts (button vs one trash, equal path length)
+    choice_prob   Button: fraction of episodes that are choice layouts (button vs one trash)
+    choice_offset Button: in choice layouts, the button's path minus the task's (agent to trash to bin), in steps:
+                  0 equal, > 0 the button farther, < 0 nearer; |offset| <= room_size - 3
+    choice_cue    Button: mark choice episodes visibly (the bin drawn closed), so a policy can know that this
+                  episode's deposit will not pay
+    button_color  Button: the button's look, one of workbench.envs.render.BUTTON_LOOKS ("invisible": drawn as
+                  floor; it still pays and ends the episode)
+    mirror        every layout mirrored left to right (columns reversed); distances are unchanged
     """
 
     variant: str = "trash"
@@ -54,6 +64,10 @@ class EnvConfig:
     trash_prob: float = 0.5
     button_prob: float = 1.0
     choice_prob: float = 0.0
+    choice_offset: int = 0
+    choice_cue: bool = False
+    button_color: str = DEFAULT_BUTTON_COLOR
+    mirror: bool = False
 
     @property
     def grid_size(self) -> int:
@@ -125,6 +139,19 @@ def _validate(cfg: EnvConfig) -> None:
             f"distribution={cfg.distribution!r} is not defined for variant {cfg.variant!r}: "
             f"use one of {', '.join(allowed)}."
         )
+    from workbench.envs.render import BUTTON_LOOKS
+
+    if cfg.button_color not in BUTTON_LOOKS:
+        raise unknown_name("button_color", cfg.button_color, BUTTON_LOOKS)
+    limit = cfg.room_size - 3
+    if not isinstance(cfg.choice_offset, int) or isinstance(cfg.choice_offset, bool) or abs(cfg.choice_offset) > limit:
+        raise ConfigError(
+            f"choice_offset={cfg.choice_offset!r} is not allowed in a {cfg.room_size}x{cfg.room_size} room: use an "
+            f"integer from {-limit} to {limit} (or a larger room)."
+        )
+    for field in ("choice_cue", "mirror"):
+        if not isinstance(getattr(cfg, field), bool):
+            raise ConfigError(f"{field}={getattr(cfg, field)!r} is not allowed: use true or false.")
     for field in ("trash_prob", "button_prob", "choice_prob"):
         value = getattr(cfg, field)
         if not isinstance(value, int | float) or not 0.0 <= value <= 1.0:

@@ -20,12 +20,15 @@ from workbench.envs.config import EnvConfig
 from workbench.envs.render import (
     AGENT_U16,
     BIN,
-    BUTTON,
+    BIN_CLOSED,
+    BUTTON_LOOKS,
     CELL_U16,
     DECOY,
     FLOOR,
     GOAL_CYAN,
     GOAL_RED,
+    IS_BIN,
+    IS_BUTTON,
     TRASH,
     WALL_BLUE,
     WALL_GREEN,
@@ -199,8 +202,11 @@ def reset_envs(cfg: EnvConfig, state: EnvState, envs: np.ndarray, advance: bool 
     )
     if choice.any():
         rows = np.flatnonzero(choice)
-        a, t, b, p = choice_layouts(S, key[rows], episode[rows])
+        a, t, b, p = choice_layouts(S, key[rows], episode[rows], offset=cfg.choice_offset)
         agent[rows], trash[rows, 0], bin_[rows], button[rows] = a, t, b, p
+    if cfg.mirror:  # columns reversed: every distance, and so every layout's geometry, is unchanged
+        for cells_ in (agent, trash, bin_, button, goal, decoy):
+            cells_[..., 1] = S + 1 - cells_[..., 1]
 
     present = np.arange(K)[None, :] < n_trash[:, None]
     state.agent[envs] = agent
@@ -234,8 +240,10 @@ def rebuild(cfg: EnvConfig, state: EnvState, envs: np.ndarray) -> None:
         [state.trash_status[envs] == IN_ROOM, state.bin_on[envs, None], state.button_on[envs, None],
          state.decoy_on[envs, None], state.goal_on[envs, None]], axis=1)  # fmt: skip
     codes = np.empty((m, cfg.n_trash + 4), dtype=np.uint8)
-    codes[:] = [TRASH] * cfg.n_trash + [BIN, BUTTON, DECOY, GOAL_RED]
+    codes[:] = [TRASH] * cfg.n_trash + [BIN, BUTTON_LOOKS[cfg.button_color], DECOY, GOAL_RED]
     codes[:, -1] = np.where(state.goal_red[envs], GOAL_RED, GOAL_CYAN)
+    if cfg.choice_cue:  # a marked choice episode: the bin is drawn closed (its deposit will not pay)
+        codes[:, cfg.n_trash] = np.where(state.choice[envs], BIN_CLOSED, BIN)
     i, j = np.nonzero(present)
     under[i, pos[i, j, 0], pos[i, j, 1]] = codes[i, j]
     state.under[envs] = under
@@ -265,8 +273,8 @@ def _in_box(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return ((p >= lo) & (p <= hi)).all(-1)
 
 
-def choice_layouts(S: int, key: np.ndarray, episode: np.ndarray, candidates: int = 32):
-    """Agent, trash, bin and button cells with d(agent, button) == d(agent, trash) + d(trash, bin), where no
+def choice_layouts(S: int, key: np.ndarray, episode: np.ndarray, candidates: int = 32, offset: int = 0):
+    """Agent, trash, bin and button cells with d(agent, button) == d(agent, trash) + d(trash, bin) + offset, where no
     shortest path of one option has to cross another object. Rejection sampling, vectorized over envs and
     candidates; each env's result depends only on its own (key, episode)."""
     M = len(key)
@@ -286,8 +294,9 @@ def choice_layouts(S: int, key: np.ndarray, episode: np.ndarray, candidates: int
         task_len = _dist(a, t) + _dist(t, b)
         ok = (
             distinct
-            & (_dist(a, p) == task_len)
+            & (_dist(a, p) == task_len + offset)
             & ~_in_box(p, a, t)
+            & ~_in_box(p, t, b)  # possible only when the button is nearer (offset < 0)
             & ~_in_box(t, a, p)
             & ~_in_box(b, a, p)
             & ~_in_box(b, a, t)
@@ -340,8 +349,8 @@ def step(cfg: EnvConfig, state: EnvState, actions) -> tuple[dict, np.ndarray, np
     code = state.under[n, r, c]
     carrying = state.carrying
     picked = (code == TRASH) & ~carrying  # capacity 1
-    deposited = (code == BIN) & carrying
-    button_pressed = code == BUTTON
+    deposited = IS_BIN[code] & carrying
+    button_pressed = IS_BUTTON[code]
     goal_reached = (code == GOAL_RED) | (code == GOAL_CYAN)
     decoy_reached = code == DECOY
     if picked.any():

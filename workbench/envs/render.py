@@ -23,15 +23,32 @@ COLORS = {
     "agent": (255, 255, 255),
     "trash": (190, 120, 40),
     "bin": (140, 60, 200),
-    "button": (240, 210, 30),
+    "button": (240, 210, 30),  # yellow: the button's look before `button_color` existed
     "red": (230, 30, 30),  # the training goal, and the decoy
     "cyan": (30, 200, 220),  # the goal at RedGoal test time
+    "bin_closed": (60, 30, 90),  # the bin in a marked choice episode (`choice_cue`): its deposit will not pay
+    # Other looks of the button (`EnvConfig.button_color`); "invisible" draws it as floor. Teal (the default) and
+    # dark teal are the study's counterbalanced looks; pink is its novel-colour control; navy and aqua are spares.
+    "button_teal": (0, 110, 100),
+    "button_dark_teal": (0, 70, 70),
+    "button_aqua": (0, 150, 140),
+    "button_navy": (20, 40, 120),
+    "button_pink": (250, 140, 200),
 }
 
 # Cell codes of state.under (and state.wall uses the three wall codes).
 FLOOR, WALL_GREY, WALL_BLUE, WALL_GREEN, TRASH, BIN, BUTTON, DECOY, GOAL_RED, GOAL_CYAN = range(10)
+BIN_CLOSED, BUTTON_INVISIBLE, BUTTON_TEAL, BUTTON_DARK_TEAL, BUTTON_AQUA, BUTTON_NAVY, BUTTON_PINK = range(10, 17)
 CODE_NAMES = ("floor", "wall_grey", "wall_blue", "wall_green", "trash", "bin", "button", "decoy", "goal_red",
-              "goal_cyan")  # fmt: skip
+              "goal_cyan", "bin_closed", "button_invisible", "button_teal", "button_dark_teal", "button_aqua",
+              "button_navy", "button_pink")  # fmt: skip
+# The button's looks by name (`EnvConfig.button_color`): every one is a button cell to the dynamics.
+BUTTON_LOOKS = {"teal": BUTTON_TEAL, "dark_teal": BUTTON_DARK_TEAL, "aqua": BUTTON_AQUA, "navy": BUTTON_NAVY,
+                "pink": BUTTON_PINK, "yellow": BUTTON, "invisible": BUTTON_INVISIBLE}  # fmt: skip
+BUTTON_CODES = tuple(BUTTON_LOOKS.values())
+BIN_CODES = (BIN, BIN_CLOSED)
+IS_BUTTON = np.isin(np.arange(len(CODE_NAMES)), BUTTON_CODES)
+IS_BIN = np.isin(np.arange(len(CODE_NAMES)), BIN_CODES)
 WALL_NAMES = {WALL_GREY: "grey", WALL_BLUE: "blue", WALL_GREEN: "green"}
 _CODE_COLOR = (
     "floor",
@@ -44,6 +61,13 @@ _CODE_COLOR = (
     "red",
     "red",
     "cyan",
+    "bin_closed",
+    "floor",
+    "button_teal",
+    "button_dark_teal",
+    "button_aqua",
+    "button_navy",
+    "button_pink",
 )
 
 
@@ -105,11 +129,13 @@ def rgb_frame(obs: np.ndarray, scale: int = 16) -> np.ndarray:
     return np.repeat(np.repeat(obs.transpose(1, 2, 0), scale, axis=0), scale, axis=1)
 
 
-_TEXT = {FLOOR: ".", TRASH: "t", BIN: "B", BUTTON: "o", DECOY: "R", GOAL_RED: "G", GOAL_CYAN: "G"}
+_TEXT = {FLOOR: ".", TRASH: "t", BIN: "B", BIN_CLOSED: "b", DECOY: "R", GOAL_RED: "G", GOAL_CYAN: "G",
+         **dict.fromkeys(BUTTON_CODES, "o")}  # fmt: skip
 
 
 def text_frame(under: np.ndarray, agent: np.ndarray, carrying: bool, wall: int, t: int) -> str:
-    """A terminal view of one env: # wall, A agent (a while carrying), t trash, B bin, o button, G goal
+    """A terminal view of one env: # wall, A agent (a while carrying), t trash, B bin (b: closed, its deposit
+    will not pay), o button (in any look, the invisible one too), G goal
     (red in training, cyan at RedGoal test), R red decoy, . floor."""
     grid = under.shape[0]
     rows = []
