@@ -15,7 +15,11 @@ A probe on any hook of a collected dataset, in a short analysis script::
 
     # many at once: every default hook x the reward and task label sets, side by side (constant ones skipped)
     result = probes.fit_probes(ds)
-    print(probes.summary(result.table))                         # best selectivity per label
+    print(probes.summary(result.table))                         # best probe per label, chosen on validation
+    print(probes.gap(result))                                   # best task-side - best reward-side, with a CI
+
+    # what activations add about reward beyond the task labels (paired bootstrap interval of the gain)
+    extra = probes.conditional_probes(ds, ["fc.hook_out"], ["reward_within_k"])
 
     # the direction, in the activation basis, for steering or patching
     carrying = next(d for d in result.directions if d.label == "carrying" and d.hook == "fc.hook_out")
@@ -30,19 +34,25 @@ The modules, in the order a reader would follow them:
     labels      the label catalogue (REWARD_LABELS, TASK_LABELS, kinds) and label → target
     episodes    split by episode, shuffle across episodes, bootstrap over episodes
     fit         batched ridge and logistic / softmax fitting in torch (one Cholesky per hook and grid value)
-    metrics     R², accuracy, balanced accuracy, AUROC, per-cell maps, for all bootstrap resamples at once
-    probe       the methodology on one dataset: fit_probes, fit_probe, the tidy table
-    sweep       probe_sweep over a run's checkpoints, writing the table and the directions
+    metrics     info_gain (the headline), R², accuracy, balanced accuracy, AUROC, per-cell maps, for all
+                bootstrap resamples at once
+    controls    random-init draws and Hewitt & Liang control tasks
+    probe       the methodology on one dataset: fit_probes, fit_probe, the tidy table, summary
+    resamples   every probe's bootstrap resamples, and gap: paired intervals of differences
+    conditional conditional_probes: what activations add beyond ground-truth labels
+    sweep       probe_sweep over a run's checkpoints, writing the table, the directions and the resamples
     directions  probe directions on disk (safetensors + JSON index)
     arrays      ArrayDataset: probe plain arrays with the same API
     bench       bench_probes: the batched fit vs a loop of scikit-learn fits
 """
 
 from probes.arrays import ArrayDataset
+from probes.conditional import conditional_probes
 from probes.directions import Direction, load_directions, save_directions
 from probes.errors import ProbeError
 from probes.labels import LABEL_KINDS, REWARD_LABELS, TASK_LABELS
 from probes.probe import CONTROLS, ProbeResult, fit_probe, fit_probes, summary
+from probes.resamples import Resamples, gap, load_resamples
 from probes.sweep import probe_sweep
 
 __all__ = [
@@ -54,9 +64,13 @@ __all__ = [
     "Direction",
     "ProbeError",
     "ProbeResult",
+    "Resamples",
+    "conditional_probes",
     "fit_probe",
     "fit_probes",
+    "gap",
     "load_directions",
+    "load_resamples",
     "probe_sweep",
     "save_directions",
     "summary",

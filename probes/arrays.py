@@ -3,6 +3,9 @@ arrays (synthetic data, activations gathered by other means) and for tests.
 
     ds = ArrayDataset({"h": X}, labels=pd.DataFrame({"y": y}), episode_ids=episodes)
     probes.fit_probe(ds, "h", "y")
+
+`input_types` (optional, one hashable id per row, equal for rows that show the same input) enables the
+control_task control (`probes.controls`); without it that control is left out (NaN).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ class ArrayDataset:
         episode_ids: np.ndarray,
         maps: dict[str, np.ndarray] | None = None,
         meta: dict | None = None,
+        input_types: np.ndarray | None = None,
     ):
         self._acts = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in activations.items()}
         self.labels = labels.reset_index(drop=True)
@@ -29,7 +33,9 @@ class ArrayDataset:
         self._maps = {k: np.asarray(v, dtype=bool) for k, v in (maps or {}).items()}
         self.meta = dict(meta or {})
         self.n = len(self._episodes)
-        for name, value in [*self._acts.items(), *self._maps.items(), ("labels", self.labels)]:
+        self._types = None if input_types is None else np.asarray(input_types)
+        extra = [] if self._types is None else [("input_types", self._types)]
+        for name, value in [*self._acts.items(), *self._maps.items(), ("labels", self.labels), *extra]:
             if len(value) != self.n:
                 raise ProbeError(f"{name} has {len(value)} rows but episode_ids has {self.n}: pass one per row.")
 
@@ -53,3 +59,6 @@ class ArrayDataset:
 
     def episode_ids(self) -> np.ndarray:
         return self._episodes
+
+    def input_types(self) -> np.ndarray | None:
+        return self._types

@@ -8,12 +8,22 @@
 4. Score on the test rows, with a 95% percentile confidence interval from resampling test episodes
    (`n_boot` resamples), leaving out the resamples degenerate for the metric (`probes.metrics`: a near-constant
    label for R², a class of the test set missing); with fewer than MIN_RESAMPLES of them left, no interval (NaN,
-   and a note).
+   and a note). Every resample's value is kept (`ProbeResult.resamples`, `probes.resamples`), so differences of
+   probes on the same test episodes get paired intervals (`probes.gap`, `probes.conditional_probes`). Every
+   probe and control is also scored on the validation rows (`val_value`, `control_val_value`, `val_selectivity`):
+   what picks a best hook or probe (`summary`, `probes.gap`) reads those, and reports the test scores.
 5. Score the controls on the same test rows:
    - shuffled: the same probe refitted on train labels dealt out across episodes (`shuffle_across_episodes`);
-   - random_init: the same probe on the activations of a randomly initialised policy of the same architecture
-     (pass `random_init`, a dataset replayed through it; `fit_probes` builds it from the dataset's meta);
-   - baseline: the train majority class (per cell for maps) or the train mean;
+   - random_init: the same probe on the activations of randomly initialised policies of the same architecture,
+     one per init seed (`random_init_seeds`, default 5, seeds `seed`, `seed + 1`, ...; one replay of the dataset
+     each); control_value is their mean, control_sd / control_min / control_max their spread (one draw moved a
+     selectivity by 0.2 between seeds, measured);
+   - control_task (classification labels; Hewitt & Liang 2019): the same probe fitted and scored on a control
+     task, where each distinct input (observation) is given the label of one row drawn at random, fixed per
+     input: the same label distribution, but a function of the input that no feature of the world explains, so a
+     probe scores above chance on it only by memorising inputs seen in training (`probes.controls`);
+   - baseline: the train majority class (per cell for maps) or the train mean (its info_gain is 0: it is the
+     prior);
    - best_unit: a probe on the one standardised feature (channel, for conv1x1) most correlated with the label
      on train (for multiclass: the highest between-class share of variance).
    selectivity = score − the highest control.
@@ -22,9 +32,10 @@ Any hook shape can be probed: activations are flattened to one feature vector a 
 row (hook_value, shape []) is a one-feature probe, which is its own best single unit (selectivity ≤ 0 there).
 
 Probes by label kind: regression → ridge; binary → logistic; multiclass → multinomial (softmax); map → per_cell
-(one logistic read-out from the whole activation per grid cell; cells constant on train predict that constant)
-and, on hooks shaped [C, G, G] like the map, conv1x1 (one logistic read-out of the C channels shared by all
-cells, i.e. a 1x1 convolution, on channels centred per cell; see `_score_conv1x1`). Metrics: `probes.metrics`.
+(one logistic read-out from the whole activation per grid cell; cells constant on train predict the train prior,
+half a count smoothed) and, on hooks shaped [C, G, G] like the map, conv1x1 (one logistic read-out of the C
+channels shared by all cells, i.e. a 1x1 convolution, on channels centred per cell; see `_score_conv1x1`).
+Metrics: `probes.metrics`; the headline, comparable across kinds, is info_gain.
 """
 
 from __future__ import annotations
@@ -38,28 +49,34 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from probes.controls import RandomInitDraws, control_task_targets, random_init_datasets, random_init_seeds_for
 from probes.directions import Direction
 from probes.episodes import Split, bootstrap_weights, shuffle_across_episodes, split_by_episode
 from probes.errors import ProbeError
 from probes.fit import GRID, Features, UnitFeatures, fit_classifiers, fit_ridge
 from probes.labels import Target, label_set, resolve_labels
-from probes.metrics import REL_VARIANCE, score, score_resamples
+from probes.metrics import HEADLINE, REL_VARIANCE, info_gain, score, score_resamples, temper, temperature
+from probes.resamples import Resamples
 from workbench.errors import unknown_name
 from workbench.threads import one_torch_thread
 
-CONTROLS = ("shuffled", "random_init", "baseline", "best_unit")
+CONTROLS = ("shuffled", "random_init", "control_task", "baseline", "best_unit")
 PROBES = {"regression": "ridge", "binary": "logistic", "multiclass": "multinomial", "map": "per_cell"}
 COLUMNS = ["run", "step", "hook", "label", "label_set", "kind", "probe", "metric", "value", "ci_low", "ci_high",
-           "control", "control_value", "control_gap", "selectivity", "reg", "n_train", "n_test", "n_boot_degenerate",
+           "val_value", "control", "control_value", "control_sd", "control_min", "control_max", "control_val_value",
+           "control_gap", "selectivity", "val_selectivity", "reg", "n_train", "n_test", "n_boot_degenerate",
            "note"]  # fmt: skip
 MIN_RESAMPLES = 0.5  # an interval needs at least this share of the bootstrap resamples to be non-degenerate
-SATURATED_LOGIT = 20.0  # what a map cell that is constant on train predicts
+SATURATED_LOGIT = 20.0  # the majority-class baseline's logit (near certainty)
 
 
 @dataclass
 class ProbeScore:
-    """One fitted probe's test scores: metrics {name: (value, ci_low, ci_high)}, controls {name: {metric: value}};
-    per metric, the bootstrap resamples degenerate for it (`probes.metrics`) and a note on its interval."""
+    """One fitted probe's scores: metrics {name: (test value, ci_low, ci_high)}, val {name: validation value},
+    resamples {name: test value in each resample [1 + n_boot], row 0 the estimate, NaN where degenerate};
+    controls {name: {metric: test value}}, control_val {name: {metric: validation value}}, spread
+    {name: {metric: (sd, min, max)}} of a control with several draws (random_init); per metric, the bootstrap
+    resamples degenerate for it (`probes.metrics`) and a note on its interval."""
 
     hook: str
     label: str
@@ -71,14 +88,20 @@ class ProbeScore:
     direction: Direction | None = None
     degenerate: dict[str, int] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
+    val: dict[str, float] = field(default_factory=dict)
+    resamples: dict[str, np.ndarray] = field(default_factory=dict)
+    control_val: dict[str, dict[str, float]] = field(default_factory=dict)
+    spread: dict[str, dict[str, tuple[float, float, float]]] = field(default_factory=dict)
 
 
 @dataclass
 class ProbeResult:
-    """`table`: the tidy table (see `probes.sweep` for its columns); `directions`: the fitted probes."""
+    """`table`: the tidy table (see `probes.sweep` for its columns); `directions`: the fitted probes;
+    `resamples`: every probe's test score in each bootstrap resample (`probes.resamples`; for `probes.gap`)."""
 
     table: pd.DataFrame
     directions: list[Direction]
+    resamples: Resamples | None = None
 
     def __repr__(self) -> str:
         return f"ProbeResult({len(self.directions)} probes)\n{summary(self.table)}"
@@ -97,38 +120,56 @@ def fit_probes(
     seed: int = 0,
     device: str = "cpu",
     random_init="auto",
+    random_init_seeds: int = 5,
     n_boot: int = 200,
     precision: str = "auto",
 ) -> ProbeResult:
     """Every (hook, label) probe of a dataset (an `ActivationDataset` or `probes.ArrayDataset`), with controls.
 
     hooks: default as `default_hooks`; labels: default the reward and task sets
-    (`probes.labels`). random_init: a dataset of the same rows replayed through a randomly initialised policy,
-    "auto" to build one from the dataset's meta (seeded by `seed`; an ArrayDataset without a "policy" in its
-    meta gets none), or None to leave that control out (its rows then hold NaN)."""
+    (`probes.labels`). random_init: "auto" to replay the dataset through `random_init_seeds` randomly initialised
+    policies built from the dataset's meta (init seeds seed, seed + 1, ...; an ArrayDataset without a "policy" in
+    its meta gets none), a dataset (or a list of datasets) of the same rows replayed through such policies, or
+    None to leave that control out (its rows then hold NaN). The control_task control needs the inputs' identity
+    (`probes.controls.input_types`: a collected dataset's observations, an ArrayDataset's `input_types`)."""
     if dataset.n == 0:
         raise ProbeError("the dataset is empty: collect some steps first (workbench.datasets.collect).")
     hooks = default_hooks(list(dataset.hook_names), hooks)
     targets, skipped = resolve_labels(dataset, labels)
     split = split_by_episode(np.asarray(dataset.episode_ids()), seed)
-    if isinstance(random_init, str) and random_init == "auto":
-        random_init = random_init_dataset(dataset, hooks, seed) if "policy" in dataset.meta else None
-    controls = {}
-    if random_init is not None:
-        controls = {(hook, s.label, s.probe): s.metrics for hook in hooks
-                    for s in score_hook(random_init.activations(hook), hook, targets, split, seed=seed, device=device,
-                                        precision=precision, with_controls=False)}  # fmt: skip
+    options = {"seed": seed, "device": device, "precision": precision}
+    draws = RandomInitDraws()
+    for replayed in _random_init_sources(dataset, hooks, random_init, random_init_seeds, seed):
+        for hook in hooks:
+            draws.add(score_hook(replayed.activations(hook), hook, targets, split, with_controls=False, **options))
+    control_targets = control_task_targets(dataset, targets, seed)
     scores = [s for hook in hooks
-              for s in score_hook(dataset.activations(hook), hook, targets, split, seed=seed, device=device,
-                                  precision=precision, n_boot=n_boot)]  # fmt: skip
+              for s in score_hook(dataset.activations(hook), hook, targets, split, n_boot=n_boot,
+                                  control_targets=control_targets, **options)]  # fmt: skip
     step = (dataset.meta.get("policy") or {}).get("step")
     run = (dataset.meta.get("policy") or {}).get("run_dir")
     for s in scores:
-        s.controls["random_init"] = {k: v[0] for k, v in controls.get((s.hook, s.label, s.probe), {}).items()}
+        draws.apply(s)
         if s.direction is not None:
             s.direction.step = step
     table = tidy(scores, run=run, step=step, split=split, skipped=skipped, hooks=hooks)
-    return ProbeResult(table, [s.direction for s in scores if s.direction is not None])
+    directions = [s.direction for s in scores if s.direction is not None]
+    return ProbeResult(table, directions, Resamples.from_scores([(step, scores)]))
+
+
+def _random_init_sources(dataset, hooks: list[str], random_init, n_seeds: int, seed: int):
+    """The random-init replays `fit_probes` was asked for, one at a time (each is dropped once scored)."""
+    if random_init is None:
+        return
+    if isinstance(random_init, str):
+        if random_init != "auto":
+            raise ProbeError(f"random_init={random_init!r}: pass 'auto', a replayed dataset (or a list of them), "
+                             "or None to leave the random-init control out.")  # fmt: skip
+        if "policy" not in dataset.meta:
+            return
+        yield from random_init_datasets(dataset, hooks, random_init_seeds_for(n_seeds, seed))
+        return
+    yield from random_init if isinstance(random_init, list | tuple) else [random_init]
 
 
 DEFAULT_HOOK_SUFFIXES = (".hook_out", "hook_resid_post")  # CNN layer outputs, transformer residual stream
@@ -153,14 +194,7 @@ def default_hooks(valid: list[str], hooks: list[str] | str | None = None) -> lis
 def random_init_dataset(dataset, hooks: list[str], seed: int = 0):
     """The dataset's rows replayed through a freshly initialised policy of the same architecture (seeded), in one
     torch thread: the same activations whatever this process's thread count (`probes.sweep.score_checkpoints`)."""
-    from workbench.datasets import replay
-    from workbench.policies import build_policy
-
-    with one_torch_thread():
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            policy = build_policy(dataset.meta["policy"]["config"])
-        return replay(dataset, policy, hooks=hooks)
+    return next(random_init_datasets(dataset, hooks, [seed]))
 
 
 # ---------------------------------------------------------------------------------------------- one hook
@@ -180,11 +214,17 @@ def score_stack(
     precision: str = "auto",
     n_boot: int = 200,
     with_controls: bool = True,
+    intervals: bool | None = None,
+    control_targets: dict[str, Target] | None = None,
+    feature_scale: Tensor | None = None,
 ) -> list[list[ProbeScore]]:
     """All targets' probes on each of several activation tensors of one shape [n, *shape] on the same rows (one
     hook at several checkpoints), fitted as one batch (`probes.fit`); one list of scores per tensor. Without
-    controls (the random-init replay): test values only, no confidence intervals, no directions. Runs in one
-    CPU thread (`workbench.threads.one_torch_thread`)."""
+    controls (a random-init replay): test and validation values, no directions, and no confidence intervals
+    unless `intervals`. control_targets: the control-task target of each label that has one
+    (`probes.controls.control_task_targets`). feature_scale [features]: a factor on each standardised feature, so
+    that the penalty on its weight is μ / factor² (`probes.conditional`; without controls only, as the directions
+    are not rescaled). Runs in one CPU thread (`workbench.threads.one_torch_thread`)."""
     n, shape = len(split.episode_ids), tuple(stack[0].shape[1:])
     for acts in stack:
         if len(acts) != n or tuple(acts.shape[1:]) != shape:
@@ -192,6 +232,11 @@ def score_stack(
                 f"{hook}: activations of shape {list(acts.shape)} for {n} labelled rows (stack of shape "
                 f"[{n}, {', '.join(map(str, shape))}]): pass one row per observation."
             )
+    intervals = with_controls if intervals is None else intervals
+    if feature_scale is not None and (with_controls or len(feature_scale) != math.prod(shape)):
+        raise ProbeError(f"feature_scale needs with_controls=False and one factor per feature ({math.prod(shape)}), "
+                         f"not {len(feature_scale)}.")  # fmt: skip
+    control_targets = (control_targets or {}) if with_controls else {}
     with one_torch_thread():
         precision = _precision(precision, device)
         X = torch.stack([acts.reshape(n, -1).to(device=device, dtype=torch.float32) for acts in stack])
@@ -199,28 +244,42 @@ def score_stack(
         if bad:
             raise ProbeError(f"{hook}: {bad} rows hold NaN or inf activations; a probe cannot be fitted on them. "
                              "Check the policy's weights (a diverged checkpoint?) or drop those rows.")  # fmt: skip
-        weights = bootstrap_weights(split.episode_ids[split.test], n_boot if with_controls else 0, seed).to(device)
+        weights = bootstrap_weights(split.episode_ids[split.test], n_boot if intervals else 0, seed).to(device)
         scalar = [t for t in targets if t.kind != "map"]
         maps = [t for t in targets if t.kind == "map"]
-        out = _score_design(X, shape, hook, scalar + maps, split, weights, seed, device, precision, with_controls)
+        scale = None if feature_scale is None else torch.as_tensor(feature_scale, dtype=torch.float32, device=device)
+        context = _Context(split, weights, seed, device, precision, with_controls, control_targets, scale)
+        out = _score_design(X, shape, hook, scalar + maps, context)
         conv_maps = [t for t in maps if len(shape) == 3 and shape[1:] == t.grid]
         if conv_maps:
-            conv = _score_conv1x1(X.reshape(*X.shape[:2], shape[0], -1), shape, hook, conv_maps, split, weights, seed,
-                                  device, precision, with_controls)  # fmt: skip
+            conv = _score_conv1x1(X.reshape(*X.shape[:2], shape[0], -1), shape, hook, conv_maps, context)
             out = [a + b for a, b in zip(out, conv, strict=True)]
         return out
 
 
-def _score_conv1x1(X, shape, hook, targets, split, weights, seed, device, precision, with_controls):
+@dataclass
+class _Context:
+    """What every design of a `score_stack` call shares."""
+
+    split: Split
+    weights: Tensor  # [1 + n_boot, test rows]
+    seed: int
+    device: str
+    precision: str
+    with_controls: bool
+    control_targets: dict[str, Target]
+    feature_scale: Tensor | None = None  # [features] of the flattened design (not for conv1x1 rows)
+
+
+def _score_conv1x1(X, shape, hook, targets, context: _Context):
     """One read-out of the C channels shared by every cell (a 1x1 convolution): rows are (observation, cell)
     pairs. Channels are first centred per cell (train means), so that neither the probe nor its controls can
     read *where* a cell is (floor vs wall, which a shuffled-label probe would turn into an object detector),
     only what its channels say; in the original basis that is a 1x1 convolution with a bias per cell."""
-    cell_mean = X[:, split.train].mean(1, keepdim=True)  # [H, 1, C, cells]
+    cell_mean = X[:, context.split.train].mean(1, keepdim=True)  # [H, 1, C, cells]
     h, n, c, cells = X.shape
     rows = (X - cell_mean).transpose(2, 3).reshape(h, n * cells, c)
-    scores = _score_design(rows, shape[:1], hook, targets, split, weights, seed, device, precision, with_controls,
-                           cells=cells)  # fmt: skip
+    scores = _score_design(rows, shape[:1], hook, targets, context, cells=cells)
     for design, cell_mean_h in zip(scores, cell_mean[:, 0].cpu(), strict=True):
         for s in design:
             d = s.direction
@@ -236,10 +295,12 @@ def _precision(precision: str, device: str) -> str:
     return resolve_precision(precision, device)
 
 
-def _score_design(X, shape, hook, targets, split, weights, seed, device, precision, with_controls, cells=None):
+def _score_design(X, shape, hook, targets, context: _Context, cells=None):
     """Fit, select, score and control every target on a stack of designs X [H, rows, D]. `cells`: rows are
     (observation, cell) pairs (the conv1x1 probe), `cells` per observation; `shape` is one row's activation
     shape. Returns one list of scores per design."""
+    split, weights, seed, device, with_controls = (context.split, context.weights, context.seed, context.device,
+                                                   context.with_controls)  # fmt: skip
     rows = {k: _rows(getattr(split, k), cells) for k in ("train", "val", "test")}
     train = X[:, rows["train"]]
     mean, std = train.mean(1), train.std(1, correction=0)  # [H, D]
@@ -253,33 +314,61 @@ def _score_design(X, shape, hook, targets, split, weights, seed, device, precisi
     if len(keep) < X.shape[2]:
         X, mean, std = X[..., keep], mean[:, keep], std[:, keep]
     Z = {k: (X[:, r] - mean[:, None]) / std[:, None] for k, r in rows.items()}
+    if context.feature_scale is not None and cells is None:
+        Z = {k: z * context.feature_scale[keep] for k, z in Z.items()}
     del X
-    feats = Features(Z["train"], GRID, precision)
+    feats = Features(Z["train"], GRID, context.precision)
     shuffled = None
     if with_controls:  # train labels dealt out across train episodes: a source train row for every train row
         shuffled = shuffle_across_episodes(split.train, split.episode_ids[split.train], seed + 1)
-    batch = _Batch(targets, split, shuffled, cells, device)
+    controls = {t.name: context.control_targets[t.name] for t in targets if t.name in context.control_targets}
+    batch = _Batch(targets, split, shuffled, cells, device, controls)
     fitted = _fit_select(feats, Z, batch, torch.bmm)
     units = _best_units(feats, Z, _Batch(targets, split, None, cells, device)) if with_controls else {}
-    one = weights[:1]
+    one, one_val = weights[:1], torch.ones(1, len(split.val), device=device)
     scores = [[] for _ in range(feats.h)]
     for t in targets:
-        y_test = torch.as_tensor(t.values[split.test], device=device)
-        baseline = _values(score(t.kind, y_test, _baseline(t, split, device), one)) if with_controls else None
+        y = {k: torch.as_tensor(t.values[getattr(split, k)], device=device) for k in ("test", "val")}
+        prior = _prior(t, split.train, device)
+        baseline, baseline_val = None, None
+        if with_controls:
+            baseline = _baseline_scores(t, y["test"], prior, one, split.train)
+            baseline_val = _baseline_scores(t, y["val"], prior, one_val, split.train)
+        control = controls.get(t.name)
+        if control is not None:
+            y_control = {k: torch.as_tensor(control.values[getattr(split, k)], device=device) for k in ("test", "val")}
+            prior_control = _prior(control, split.train, device)
         real = fitted[t.name, "real"]
         for h in range(feats.h):
-            values, degenerate = score_resamples(t.kind, y_test, real["output"][h], weights)
-            s = ProbeScore(hook, t.name, t.kind, "conv1x1" if cells else PROBES[t.kind], real["reg"][h], {})
+            values, degenerate, val = _scored(t.kind, y, real, h, weights, prior)
+            s = ProbeScore(hook, t.name, t.kind, "conv1x1" if cells else PROBES[t.kind], real["reg"][h], {}, val=val)
             for m, v in values.items():
                 value, lo, hi, s.degenerate[m], s.notes[m] = _estimate(m, t.kind, v, degenerate[m])
                 s.metrics[m] = (value, lo, hi)
+                s.resamples[m] = v.cpu().numpy()
             if with_controls:
-                s.controls["shuffled"] = _values(score(t.kind, y_test, fitted[t.name, "shuffled"]["output"][h], one))
-                s.controls["baseline"] = baseline
-                s.controls["best_unit"] = _values(score(t.kind, y_test, units[t.name, "real"]["output"][h], one))
+                for name, outputs in (("shuffled", fitted[t.name, "shuffled"]), ("best_unit", units[t.name, "real"])):
+                    test, _, s.control_val[name] = _scored(t.kind, y, outputs, h, one, prior)
+                    s.controls[name] = _values(test)
+                s.controls["baseline"], s.control_val["baseline"] = baseline, baseline_val
+                if control is not None:
+                    test, _, s.control_val["control_task"] = _scored(t.kind, y_control, fitted[t.name, "control_task"],
+                                                                     h, one, prior_control)  # fmt: skip
+                    s.controls["control_task"] = _values(test)
                 s.direction = _direction(hook, t, s.probe, real, h, full_mean[h], std[h], keep, shape, cells)
             scores[h].append(s)
     return scores
+
+
+def _scored(kind: str, y: dict, fitted: dict, h: int, weights: Tensor, prior: Tensor):
+    """Design h's outputs of one fitted entry scored: (test values per resample, their degenerate masks, validation
+    values), info_gain at the validation temperature (`probes.metrics.temperature`). y: test and val labels."""
+    output, val_output = fitted["output"][h], fitted["val_output"][h]
+    t = temperature(kind, y["val"], val_output)
+    values, degenerate = score_resamples(kind, y["test"], output, weights, prior, temper(kind, output, t))
+    one_val = torch.ones(1, len(y["val"]), device=weights.device)
+    val = _values(score(kind, y["val"], val_output, one_val, prior, temper(kind, val_output, t)))
+    return values, degenerate, val
 
 
 def _rows(index: np.ndarray, cells: int | None) -> np.ndarray:
@@ -288,37 +377,43 @@ def _rows(index: np.ndarray, cells: int | None) -> np.ndarray:
 
 @dataclass
 class _Entry:
-    """One target's columns in a joint fit; `variant` is "real" or "shuffled"."""
+    """One target's columns in a joint fit; `variant` is "real", "shuffled" or "control_task" (whose `target` is
+    the control task's)."""
 
     target: Target
     variant: str
     cols: slice
     cells: np.ndarray | None = None  # per-cell map: the cells fitted (those not constant on train)
-    constant: np.ndarray | None = None  # per-cell map: every cell's value in the first train row
+    prior: np.ndarray | None = None  # per-cell map: every cell's train prior logit (what constant cells predict)
 
 
 class _Batch:
     """The columns of one joint fit: regression targets (ridge) and classification targets (sigmoid or softmax
-    columns); train labels real or shuffled (`shuffled`: the source train row of each train row), validation
-    labels always real."""
+    columns); train labels real, shuffled (`shuffled`: the source train row of each train row; validation labels
+    real) or a control task's (`controls`: label name → the control task's target, train and validation)."""
 
-    def __init__(self, targets: list[Target], split: Split, shuffled: np.ndarray | None, cells, device):
+    def __init__(self, targets: list[Target], split: Split, shuffled: np.ndarray | None, cells, device,
+                 controls: dict[str, Target] | None = None):  # fmt: skip
         self.entries: dict[tuple[str, str], _Entry] = {}
         parts = {"reg": ([], []), "cls": ([], [])}
         problem, softmax = [], []
-        variants = {"real": split.train} | ({"shuffled": shuffled} if shuffled is not None else {})
         for t in targets:
-            for variant, train_rows in variants.items():
-                train, val = t.values[train_rows], t.values[split.val]
+            variants = [("real", t, split.train)]
+            if shuffled is not None:
+                variants.append(("shuffled", t, shuffled))
+            if controls and t.name in controls:
+                variants.append(("control_task", controls[t.name], split.train))
+            for variant, source, train_rows in variants:
+                train, val = source.values[train_rows], source.values[split.val]
                 if cells:  # conv1x1: one row per (observation, cell), one sigmoid column per map
                     train, val = train.reshape(-1), val.reshape(-1)
-                entry = _Entry(t, variant, slice(0))
+                entry = _Entry(source, variant, slice(0))
                 if t.kind == "multiclass":
                     eye = np.eye(len(t.classes), dtype=np.float32)
                     train, val = eye[train], eye[val]
                 elif t.kind == "map" and not cells:  # per-cell: a sigmoid column per cell not constant on train
                     varies = train.min(0) != train.max(0)
-                    entry.cells, entry.constant = np.flatnonzero(varies), train[0]
+                    entry.cells, entry.prior = np.flatnonzero(varies), _prior_logit(train)
                     train, val = train[:, varies], val[:, varies]
                 else:
                     train, val = train[:, None], val[:, None]
@@ -347,8 +442,8 @@ class _Batch:
 def _fit_select(feats, Z: dict, batch: _Batch, apply, parts=("reg", "cls")) -> dict:
     """Fit the batch's columns over the grid for every design, keep per design and problem the μ with the lowest
     validation loss, and return per entry its weights W [H, D, cols] and intercepts b [H, cols] (standardised
-    basis), μ per design, and test output per design. apply(X, W): logits of rows X [H, rows, D] without
-    intercepts (torch.bmm; for single units torch.mul). parts: which of ridge / classifiers to fit."""
+    basis), μ per design, and test and validation output per design. apply(X, W): logits of rows X [H, rows, D]
+    without intercepts (torch.bmm; for single units torch.mul). parts: which of ridge / classifiers to fit."""
     chosen = {}
     if "reg" in parts and batch.reg_train is not None:
         W, b = fit_ridge(feats, batch.reg_train)  # [M, H, D, P], [P]
@@ -360,7 +455,8 @@ def _fit_select(feats, Z: dict, batch: _Batch, apply, parts=("reg", "cls")) -> d
         W, b, m, _ = fit_classifiers(feats, batch.cls_train, batch.problem, batch.softmax,
                                      lambda W: apply(Z["val"], W), batch.cls_val)  # fmt: skip
         chosen["cls"] = (W, b, m)
-    test = {k: apply(Z["test"], W) + b[:, None, :] for k, (W, b, _) in chosen.items()}
+    logits = {split: {k: apply(Z[split], W) + b[:, None, :] for k, (W, b, _) in chosen.items()}
+              for split in ("test", "val")}  # fmt: skip
     out = {}
     for key, entry in batch.entries.items():
         which = "reg" if entry.target.kind == "regression" else "cls"
@@ -368,18 +464,20 @@ def _fit_select(feats, Z: dict, batch: _Batch, apply, parts=("reg", "cls")) -> d
             continue
         if which in chosen:
             W, b, m = (x[..., entry.cols] for x in chosen[which])
-            logits = test[which][..., entry.cols]
+            outputs = {split: logits[split][which][..., entry.cols] for split in logits}
         else:  # a map whose every cell is constant on train: nothing to fit
             W, b = Z["test"].new_zeros(feats.h, Z["test"].shape[2], 0), Z["test"].new_zeros(feats.h, 0)
-            m, logits = torch.zeros(feats.h, 0, dtype=torch.long), Z["test"].new_zeros(feats.h, len(Z["test"][0]), 0)
+            m = torch.zeros(feats.h, 0, dtype=torch.long)
+            outputs = {split: Z[split].new_zeros(feats.h, len(Z[split][0]), 0) for split in ("test", "val")}
         regs = [float(np.median([GRID[i] for i in mh.tolist()])) if mh.numel() else math.nan for mh in m]
-        out[key] = {"W": W, "b": b, "reg": regs, "cells": entry.cells, "constant": entry.constant,
-                    "output": [_output(entry, logits_h) for logits_h in logits]}  # fmt: skip
+        out[key] = {"W": W, "b": b, "reg": regs, "cells": entry.cells, "prior": entry.prior,
+                    "output": [_output(entry, logits_h) for logits_h in outputs["test"]],
+                    "val_output": [_output(entry, logits_h) for logits_h in outputs["val"]]}  # fmt: skip
     return out
 
 
 def _output(entry: _Entry, logits: Tensor) -> Tensor:
-    """Test logits of an entry's columns → the output `probes.metrics.score` takes for its kind."""
+    """Logits of an entry's columns → the output `probes.metrics.score` takes for its kind."""
     t = entry.target
     if t.kind in ("regression", "binary"):
         return logits[:, 0]
@@ -387,14 +485,35 @@ def _output(entry: _Entry, logits: Tensor) -> Tensor:
         return torch.softmax(logits, 1)
     if entry.cells is None:  # conv1x1: rows are (observation, cell) pairs
         return logits.reshape(-1, math.prod(t.grid))
-    full = _saturated(entry.constant, logits.device).repeat(len(logits), 1)
+    full = torch.as_tensor(entry.prior, dtype=torch.float32, device=logits.device).repeat(len(logits), 1)
     full[:, torch.as_tensor(entry.cells, device=logits.device)] = logits
     return full
 
 
 def _saturated(values: np.ndarray, device) -> Tensor:
-    """Logits that predict 0/1 `values` with near certainty (the cells constant on train)."""
+    """Logits that predict 0/1 `values` with near certainty (the majority-class baseline)."""
     return torch.as_tensor(np.where(values > 0, SATURATED_LOGIT, -SATURATED_LOGIT), dtype=torch.float32, device=device)
+
+
+def _prior_logit(train: np.ndarray) -> np.ndarray:
+    """Per column of 0/1 train labels [n, cols]: the log-odds of the train frequency, smoothed by half a count
+    (finite for a column constant on train)."""
+    p = (train.sum(0, dtype=np.float64) + 0.5) / (len(train) + 1)
+    return np.log(p / (1 - p)).astype(np.float32)
+
+
+def _prior(t: Target, train_rows: np.ndarray, device) -> Tensor:
+    """The train prior's output for one row, in the form `probes.metrics.score` takes (broadcast over rows): the
+    train mean; the log-odds (binary, per cell for maps) or probabilities (multiclass) of the class frequencies,
+    smoothed by half a count."""
+    train = t.values[train_rows]
+    if t.kind == "regression":
+        return torch.tensor([float(train.mean())], device=device)
+    if t.kind == "multiclass":
+        counts = np.bincount(train, minlength=len(t.classes)) + 0.5
+        return torch.as_tensor(counts / counts.sum(), dtype=torch.float32, device=device)[None]
+    logit = torch.as_tensor(_prior_logit(train.reshape(len(train), -1)), device=device)
+    return logit if t.kind == "binary" else logit[None]
 
 
 def _estimate(metric: str, kind: str, values: Tensor, degenerate: Tensor) -> tuple[float, float, float, int, str]:
@@ -411,7 +530,7 @@ def _estimate(metric: str, kind: str, values: Tensor, degenerate: Tensor) -> tup
         if n_degenerate == 0:  # the estimate itself is undefined (say, no positive in the test set)
             return float(values[0]), math.nan, math.nan, 0, ""
         lack = (f"a near-constant test label (variance below {REL_VARIANCE:g} of the test set's)"
-                if metric == "r2" else "no row of some class of the test set")  # fmt: skip
+                if kind == "regression" else "no row of some class of the test set")  # fmt: skip
         note = (f"{metric}: no interval, {n_degenerate} of {n_boot} bootstrap resamples have {lack}; the test set "
                 "holds too few episodes that vary this label (collect more steps)")  # fmt: skip
         return float(values[0]), math.nan, math.nan, n_degenerate, note
@@ -427,16 +546,25 @@ def _values(metrics: dict[str, Tensor]) -> dict[str, float]:
     return {k: float(v[0]) for k, v in metrics.items()}
 
 
-def _baseline(t: Target, split: Split, device) -> Tensor:
-    """The train mean / majority class (per cell for maps), as a constant output for every test row."""
-    train, n_test = t.values[split.train], len(split.test)
+def _baseline(t: Target, train_rows: np.ndarray, n: int, device) -> Tensor:
+    """The train mean / majority class (per cell for maps), as a constant output for `n` rows."""
+    train = t.values[train_rows]
     if t.kind == "regression":
-        return torch.full((n_test,), float(train.mean()), device=device)
+        return torch.full((n,), float(train.mean()), device=device)
     if t.kind == "multiclass":
         freq = np.bincount(train, minlength=len(t.classes)) / len(train)
-        return torch.as_tensor(freq, dtype=torch.float32, device=device).expand(n_test, -1)
+        return torch.as_tensor(freq, dtype=torch.float32, device=device).expand(n, -1)
     majority = _saturated((train.mean(0) > 0.5).astype(np.float32), device)
-    return majority.expand(n_test) if t.kind == "binary" else majority.expand(n_test, -1)
+    return majority.expand(n) if t.kind == "binary" else majority.expand(n, -1)
+
+
+def _baseline_scores(t: Target, y: Tensor, prior: Tensor, ones: Tensor, train_rows: np.ndarray) -> dict[str, float]:
+    """The baseline control's scores on rows y: the majority / mean's, and info_gain of the prior itself (0, or NaN
+    where info_gain is undefined)."""
+    values = _values(score(t.kind, y, _baseline(t, train_rows, len(y), y.device), ones))
+    prior_output = prior.expand(len(y), *prior.shape[1:])
+    values[HEADLINE] = _values({HEADLINE: info_gain(t.kind, y, prior_output, prior, ones)})[HEADLINE]
+    return values
 
 
 def _best_units(feats: Features, Z: dict, batch: _Batch) -> dict:
@@ -474,7 +602,7 @@ def _direction(hook, t: Target, probe: str, fitted: dict, h: int, mean, std, kee
         out_shape = (len(t.classes),)
     elif t.kind == "map" and not cells:  # every grid cell; those constant on train have weight 0
         full_W = torch.zeros(math.prod(t.grid), W.shape[1], device=W.device)
-        full_b = _saturated(fitted["constant"], W.device)
+        full_b = torch.as_tensor(fitted["prior"], dtype=torch.float32, device=W.device).clone()
         index = torch.as_tensor(fitted["cells"], device=W.device)
         full_W[index], full_b[index] = W, b
         W, b, out_shape = full_W, full_b, t.grid
@@ -488,32 +616,57 @@ def tidy(scores: list[ProbeScore], *, run, step, split: Split, skipped: dict[str
     """One row per (hook, label, probe, metric, control); see `probes.sweep` for the layout."""
     rows = []
     n_train, n_test = len(split.train), len(split.test)
+    nan3 = (math.nan,) * 3
     for s in scores:
         for metric, (value, lo, hi) in s.metrics.items():
             controls = {c: s.controls.get(c, {}).get(metric, math.nan) for c in CONTROLS}
-            finite = [v for v in controls.values() if not math.isnan(v)]
-            selectivity = value - max(finite) if finite else math.nan
+            controls_val = {c: s.control_val.get(c, {}).get(metric, math.nan) for c in CONTROLS}
+            val_value = s.val.get(metric, math.nan)
+            selectivity, val_selectivity = _selectivity(value, controls), _selectivity(val_value, controls_val)
             for control, control_value in controls.items():
+                spread = s.spread.get(control, {}).get(metric, nan3)
                 rows.append([run, step, s.hook, s.label, label_set(s.label), s.kind, s.probe, metric, value, lo, hi,
-                             control, control_value, value - control_value, selectivity, s.reg, n_train, n_test,
+                             val_value, control, control_value, *spread, controls_val[control],
+                             value - control_value, selectivity, val_selectivity, s.reg, n_train, n_test,
                              s.degenerate.get(metric, 0), s.notes.get(metric, "")])  # fmt: skip
     for name, why in skipped.items():
         warnings.warn(f"probes: skipped label {why}", stacklevel=3)
         for hook in hooks:
-            rows.append([run, step, hook, name, label_set(name), None, None, "skipped", *[math.nan] * 3, None,
-                         *[math.nan] * 4, n_train, n_test, 0, why])  # fmt: skip
+            rows.append([run, step, hook, name, label_set(name), None, None, "skipped", *[math.nan] * 4, None,
+                         *[math.nan] * 9, n_train, n_test, 0, why])  # fmt: skip
     table = pd.DataFrame(rows, columns=COLUMNS)
-    return table.astype({"value": float, "ci_low": float, "ci_high": float, "control_value": float,
-                         "control_gap": float, "selectivity": float, "reg": float,
-                         "n_boot_degenerate": "int64"})  # fmt: skip
+    floats = ["value", "ci_low", "ci_high", "val_value", "control_value", "control_sd", "control_min", "control_max",
+              "control_val_value", "control_gap", "selectivity", "val_selectivity", "reg"]  # fmt: skip
+    return table.astype({**dict.fromkeys(floats, float), "n_boot_degenerate": "int64"})
 
 
-def summary(table: pd.DataFrame) -> pd.DataFrame:
-    """The best selectivity per label over steps, hooks and probes, and where it was reached: R² for regression,
-    balanced accuracy for classes and maps."""
-    columns = ["label", "label_set", "kind", "metric", "step", "hook", "probe", "value", "selectivity"]
-    main = table[table["metric"].isin(["r2", "balanced_accuracy"])].dropna(subset=["selectivity"])
+def _selectivity(value: float, controls: dict[str, float]) -> float:
+    finite = [v for v in controls.values() if not math.isnan(v)]
+    return value - max(finite) if finite else math.nan
+
+
+SUMMARY_COLUMNS = ["label", "label_set", "kind", "metric", "step", "hook", "probe", "value", "ci_low", "ci_high",
+                   "selectivity", "val_value", "val_selectivity"]  # fmt: skip
+
+
+def summary(table: pd.DataFrame, metric: str = HEADLINE) -> pd.DataFrame:
+    """The best probe per label over steps, hooks and probes, and where it was reached: chosen by its validation
+    selectivity (`val_selectivity`: the validation score minus the highest control's validation score), reported
+    with its test score, interval and selectivity. Choosing on the test split would report the maximum of many
+    noisy test scores, biased upward. metric: info_gain by default, the one scale for every label kind
+    (`probes.metrics`); any metric of the table may be named (R² exists for regression labels only, the
+    classification metrics for class and map labels only)."""
+    missing = [c for c in ("val_value", "val_selectivity") if c not in table.columns]
+    if missing:
+        raise ProbeError(f"this probe table has no {', '.join(missing)} column (written by an older version of "
+                         "probes): re-run probe_sweep or fit_probes to get validation scores.")  # fmt: skip
+    fitted = table[table["metric"] != "skipped"]
+    if not fitted.empty and metric not in set(fitted["metric"]):
+        raise ProbeError(f"metric {metric!r} is not in this probe table; its metrics: "
+                         f"{', '.join(sorted(set(fitted['metric'])))}.")  # fmt: skip
+    main = fitted[fitted["metric"] == metric].dropna(subset=["val_selectivity"])
     if main.empty:
-        return pd.DataFrame(columns=columns)
-    best = main.loc[main.groupby("label")["selectivity"].idxmax()]
-    return best[columns].sort_values(["label_set", "label"])
+        return pd.DataFrame(columns=SUMMARY_COLUMNS)
+    main = main.drop_duplicates(["step", "hook", "label", "probe", "metric"])  # one row per probe, not per control
+    best = main.loc[main.groupby("label")["val_selectivity"].idxmax()]
+    return best[SUMMARY_COLUMNS].sort_values(["label_set", "label"])

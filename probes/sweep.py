@@ -4,35 +4,47 @@
 
 1. Load the run's last checkpoint (or the one checkpoint given) and collect one dataset of `n_steps`
    observations with it, so that every checkpoint is probed on the same observations.
-2. Replay the dataset through a randomly initialised policy of the same architecture (seeded): the random_init
-   control, fitted once and shared by all steps.
+2. Replay the dataset through `random_init_seeds` randomly initialised policies of the same architecture (init
+   seeds seed, seed + 1, ...): the random_init control, fitted once per seed and shared by all steps.
 3. For every checkpoint: replay the dataset through it and fit every (hook, label) probe, batched per hook, with
    the methodology of `probes.probe` (episode split, train-only standardisation, validation-chosen
-   regularisation, episode-bootstrap CIs, four controls).
+   regularisation, episode-bootstrap CIs, five controls).
 
 The table is tidy: one row per (step, hook, label, probe, metric, control).
 
     run, step            the run directory and checkpoint step
     hook, label          what was probed; label_set: reward | task | other
     kind, probe          regression/ridge, binary/logistic, multiclass/multinomial, map/per_cell or map/conv1x1
-    metric               r2 | accuracy | balanced_accuracy | auroc ("skipped" for a constant label; see note)
+    metric               info_gain | r2 | accuracy | balanced_accuracy | auroc ("skipped" for a constant label; see
+                         note). info_gain, the headline on one scale for every kind (`probes.metrics`): 1 - test
+                         log-loss / the train prior's (classes, maps; logits at the validation temperature), or R²
+                         against the train mean (regression)
     value, ci_low, ci_high   the test score and its 95% episode-bootstrap interval over the non-degenerate
                          resamples (repeated on the rows of one probe and metric: one row per control keeps every
                          control beside the score it controls)
-    control, control_value   shuffled | random_init | baseline | best_unit, and its test score
+    val_value            the same probe's score on the validation rows (what `probes.summary` chooses by)
+    control, control_value   shuffled | random_init | control_task | baseline | best_unit, and its test score
+                         (random_init: the mean over its draws; control_task: classification labels with input
+                         identities, else NaN; baseline: info_gain 0, the prior itself)
+    control_sd, control_min, control_max   random_init rows: the sample standard deviation, min and max of the
+                         control's test score over its draws (random_init_seeds); NaN on the other controls
+    control_val_value    the control's validation score
     control_gap          value - control_value: the selectivity against that control
-    selectivity          value - the highest of the four controls (the same on the rows of one probe and metric)
+    selectivity          value - the highest of the controls (the same on the rows of one probe and metric)
+    val_selectivity      val_value - the highest control_val_value: the selectivity on validation
     reg                  the regularisation μ chosen on validation (median over cells for maps)
     n_train, n_test      rows in the train and test sets
-    n_boot_degenerate    bootstrap resamples degenerate for the metric, of n_boot (`probes.metrics`): for R², label
-                         variance below 1e-3 of the test set's (the few test episodes that vary the label all left
-                         out); for balanced accuracy and AUROC, a class of the test set absent (for maps: in some
-                         cell). Left out of the interval, which is NaN when they are more than half; a map's
-                         per-cell means keep every resample, with the test-set value of a cell that lacks a class
+    n_boot_degenerate    bootstrap resamples degenerate for the metric, of n_boot (`probes.metrics`): for R² (and
+                         a regression label's info_gain), label variance below 1e-3 of the test set's (the few test
+                         episodes that vary the label all left out); for balanced accuracy and AUROC, a class of
+                         the test set absent (for maps: in some cell). Left out of the interval, which is NaN when
+                         they are more than half; a map's per-cell means keep every resample, with the test-set
+                         value of a cell that lacks a class
     note                 why a label was skipped, or why a metric has no interval (or a map's many filled cells)
 
 With `out`, the table is written atomically as parquet and the probe directions (weights in the original
-activation basis, bias, standardisation; `probes.directions`) beside it, for steering and patching to reuse.
+activation basis, bias, standardisation; `probes.directions`) beside it, for steering and patching to reuse, and
+every probe's bootstrap resamples (`probes.resamples`), for paired intervals such as `probes.gap(out)`.
 """
 
 from __future__ import annotations
@@ -46,10 +58,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from probes.controls import RandomInitDraws, control_task_targets, random_init_datasets, random_init_seeds_for
 from probes.directions import save_directions
 from probes.episodes import split_by_episode
 from probes.labels import resolve_labels
-from probes.probe import default_hooks, random_init_dataset, score_hook, score_stack, tidy
+from probes.probe import ProbeResult, default_hooks, score_hook, score_stack, tidy
+from probes.resamples import Resamples, save_resamples
 from workbench.io import atomic_write_bytes
 from workbench.threads import one_torch_thread
 
@@ -69,15 +83,20 @@ def probe_sweep(
     progress: Callable[[str, int, int], None] | None = None,
     backend: str = "local",
     ray_address: str | None = None,
-) -> pd.DataFrame:
-    """Probe every checkpoint of a run (or the one checkpoint given); returns the tidy table (module docstring).
+    random_init_seeds: int = 5,
+    result: bool = False,
+) -> pd.DataFrame | ProbeResult:
+    """Probe every checkpoint of a run (or the one checkpoint given); returns the tidy table (module docstring),
+    or with result=True a `ProbeResult` (the table, the directions and every probe's bootstrap resamples, for
+    `probes.gap`).
 
     hooks: default every `*.hook_out` (CNN) or `*.hook_resid_post` (transformer) hook; labels: default the
     reward and task sets (`probes.labels`). On a GPU, checkpoints are fitted in stacks (one batch per hook for
     several checkpoints, `probes.probe.score_stack`) of at most about max_stack_bytes of working memory: there
     each tensor op's launch costs more than its work, and a stack shares them. On CPU the work grows with the
     stack as fast as the ops are shared (measured: 3 designs stacked took 1.2x as long as one at a time), so
-    checkpoints go one by one. progress(what, done, total) is called as each stage finishes.
+    checkpoints go one by one. progress(what, done, total) is called as each stage finishes. random_init_seeds:
+    how many randomly initialised policies the random_init control draws (one replay of the dataset each).
 
     backend="ray": the checkpoints are fitted as Ray tasks (`workbench.distributed`; one checkpoint and one CPU,
     or GPU on cuda, per task; address: ray_address or RAY_ADDRESS), after collection and the random-init control
@@ -92,6 +111,7 @@ def probe_sweep(
 
     if backend not in BACKENDS:  # before the collection, not after it
         raise unknown_name("backend", backend, BACKENDS)
+    init_seeds = random_init_seeds_for(random_init_seeds, seed)
     run_dir, step = resolve(run_or_ckpt)
     steps = list_steps(run_dir) if Path(run_or_ckpt).is_dir() else [step]
     total = len(steps) + 2
@@ -109,17 +129,19 @@ def probe_sweep(
     split = split_by_episode(dataset.episode_ids(), seed)
     report("random-init control", 1, total)
 
-    control = random_init_dataset(dataset, hooks, seed)
-    random_scores = {(hook, s.label, s.probe): {m: v[0] for m, v in s.metrics.items()} for hook in hooks
-                     for s in score_hook(control.activations(hook), hook, targets, split, seed=seed, device=device,
-                                         precision=precision, with_controls=False)}  # fmt: skip
-    del control
+    draws = RandomInitDraws()
+    for control in random_init_datasets(dataset, hooks, init_seeds):
+        for hook in hooks:
+            draws.add(score_hook(control.activations(hook), hook, targets, split, seed=seed, device=device,
+                                 precision=precision, with_controls=False))  # fmt: skip
+        del control
+    control_targets = control_task_targets(dataset, targets, seed)
 
     # ~6 float32 copies of a design live at once while it is fitted (activations, train/val/test, conv1x1 rows)
     per_step = 6 * 4 * dataset.n * max(math.prod(shapes[h]) for h in hooks)
     chunk = max(1, min(len(steps), max_stack_bytes // per_step)) if str(device).startswith("cuda") else 1
     fit = {"hooks": hooks, "targets": targets, "split": split, "seed": seed, "device": device, "precision": precision,
-           "n_boot": n_boot}  # fmt: skip
+           "n_boot": n_boot, "control_targets": control_targets}  # fmt: skip
     if backend == "local":
         scored = []
         for lo in range(0, len(steps), chunk):
@@ -147,16 +169,18 @@ def probe_sweep(
     tables, directions = [], []
     for step, step_scores in zip(steps, scored, strict=True):
         for s in step_scores:
-            s.controls["random_init"] = random_scores.get((s.hook, s.label, s.probe), {})
+            draws.apply(s)
             s.direction.step = step
             directions.append(s.direction)
         tables.append(tidy(step_scores, run=str(run_dir), step=step, split=split, skipped=skipped, hooks=hooks))
     report("done", total, total)
     table = pd.concat(tables, ignore_index=True)
+    resamples = Resamples.from_scores(list(zip(steps, scored, strict=True)))
     if out is not None:
         save_directions(directions, out)
-        write_table(table, out)  # last: a table on disk means its directions are there too
-    return table
+        save_resamples(resamples, out)
+        write_table(table, out)  # last: a table on disk means its directions and resamples are there too
+    return ProbeResult(table, directions, resamples) if result else table
 
 
 @dataclass
@@ -171,7 +195,8 @@ class _Checkpoint:
         return f"step {self.step}"
 
 
-def score_checkpoints(group: list[_Checkpoint], *, dataset, hooks, targets, split, seed, device, precision, n_boot):
+def score_checkpoints(group: list[_Checkpoint], *, dataset, hooks, targets, split, seed, device, precision, n_boot,
+                      control_targets=None):  # fmt: skip
     """Replay the dataset through each checkpoint of `group` and fit every probe, one stack per hook; returns one
     list of ProbeScores per checkpoint. The unit of work of a sweep: run here, or as a Ray task.
 
@@ -196,7 +221,8 @@ def score_checkpoints(group: list[_Checkpoint], *, dataset, hooks, targets, spli
             data.append(dataset if policy is None else replay(dataset, policy.to(device), hooks=hooks))
         for hook in hooks:
             stacked = score_stack([d.activations(hook) for d in data], hook, targets, split, seed=seed,
-                                  device=device, precision=precision, n_boot=n_boot)  # fmt: skip
+                                  device=device, precision=precision, n_boot=n_boot,
+                                  control_targets=control_targets)  # fmt: skip
             for step_scores, more in zip(scores, stacked, strict=True):
                 step_scores += more
     return scores
