@@ -9,8 +9,10 @@ For each trained TrashGrid policy (the CNN at three seeds, the transformer), on 
   the trash's effect on the action live, against a noise baseline;
 - steering the first CNN at its last conv map (the maze-policy study's "cheese vector" experiment, for trash):
   subtracting the trash vector (mean activation with minus without trash), and adding a "trash at cell (r, c)"
-  vector at three cells, each beside random vectors of the same norm at the same coefficient, with intervals over
-  episodes: does the trash direction move behaviour more than any direction of its size would?
+  vector at three cells, each beside 20 random vectors of the same norm and 20 with the same norm at every cell
+  (random directions there), at the same coefficient and on the same episodes, and beside the vector at -coef:
+  does the trash direction move behaviour more than any direction of its size would, and does the move belong to
+  its sign (`workbench.steering.steering_effects` with `n_random`, `reverse`)?
 
     python analysis/e1_trash.py [--quick] [--out DIR]
 """
@@ -28,7 +30,7 @@ from workbench.checkpoints import load_policy
 from workbench.contrast import contrast_pairs
 from workbench.datasets import collect
 from workbench.patching import default_patch_hooks, patch
-from workbench.steering import SteeringVector, policy_env, resolve_vector, steering_effects
+from workbench.steering import policy_env, resolve_vector, steering_effects
 
 POLICIES = ("trash-cnn-s0", "trash-cnn-s1", "trash-cnn-s2", "trash-transformer-s0")
 STEER_HOOK, SUBTRACT, RETARGET = "conv.1.hook_out", -3.0, 3.0  # coefficients: past ~10 any vector breaks the policy
@@ -90,55 +92,100 @@ def run(checkpoints=CHECKPOINTS, out=None, quick: bool = False, progress=None, p
     return result
 
 
-def steering_experiment(policy, episodes: int, n_random: int = 3) -> pd.DataFrame:
-    """Rows (vector, kind, coef, cell, metric, baseline, steered, difference, ci_low, ci_high): the trash vector
-    subtracted, trash-at vectors added at three cells, and same-norm random vectors at the same coefficients."""
-    import torch
-
-    generator = torch.Generator().manual_seed(0)
+def steering_experiment(policy, episodes: int, n_random: int = 20) -> pd.DataFrame:
+    """Rows (vector, kind, null, reversed, coef, cell, metric, baseline, steered, difference, ci_low, ci_high, and on
+    the vector's rows percentile_<null>, p_<null>, sign_specific): the trash vector subtracted, trash-at vectors added
+    at three cells, each also at -coef (`reversed`), and `n_random` random vectors of each null kind ("norm": the
+    same norm; "profile": the same norm at every cell) at the same coefficient, all on the same episodes."""
     room = policy_env(policy).room_size
-    jobs = [("trash", None, SUBTRACT, "deposit_rate"), ("trash", None, SUBTRACT, "steps_to_trash")]
+    jobs = [("trash", None, SUBTRACT, ("deposit_rate", "steps_to_trash"))]
     jobs += [
-        (f"trash-at:{r},{c}", (r, c), RETARGET, "retarget_success_rate") for r, c in ((1, 1), (1, room), (room, 1))
+        (f"trash-at:{r},{c}", (r, c), RETARGET, ("retarget_success_rate",)) for r, c in ((1, 1), (1, room), (room, 1))
     ]
     rows = []
-    for spec, cell, coef, metric in jobs:
+    for spec, cell, coef, metrics in jobs:
         vector = resolve_vector(policy, spec, hook=STEER_HOOK)
-        randoms = []
-        for _ in range(n_random):
-            noise = torch.randn(vector.vector.shape, generator=generator)
-            randoms.append(SteeringVector(STEER_HOOK, noise * vector.vector.norm() / noise.norm(), name="random"))
-        for kind, v in [("factor", vector)] + [("random", r) for r in randoms]:
-            effect = steering_effects(policy, v, coef, episodes=episodes, target_cell=cell)["metrics"][metric]
-            rows.append({"vector": spec, "kind": kind, "coef": coef, "cell": str(cell), "metric": metric,
-                         "baseline": effect["baseline"], "steered": effect["steered"],
-                         "difference": effect["difference"], "ci_low": effect["difference_ci"][0],
-                         "ci_high": effect["difference_ci"][1]})  # fmt: skip
+        effects = steering_effects(policy, vector, coef, episodes=episodes, target_cell=cell, n_random=n_random,
+                                   reverse=True)["metrics"]  # fmt: skip
+        for metric in metrics:
+            e = effects[metric]
+            shared = {"vector": spec, "cell": str(cell), "metric": metric, "baseline": e["baseline"]}
+            for reversed_, key in ((False, ""), (True, "reversed_")):
+                steered, difference = e["reversed" if reversed_ else "steered"], e[f"{key}difference"]
+                row = {**shared, "kind": "factor", "null": "", "reversed": reversed_,
+                       "coef": -coef if reversed_ else coef, "steered": steered, "difference": difference,
+                       "ci_low": e[f"{key}difference_ci"][0], "ci_high": e[f"{key}difference_ci"][1],
+                       "sign_specific": e["sign_specific"]}  # fmt: skip
+                for null, stats in e["null"].items():
+                    row[f"percentile_{null}"] = stats[f"{key}percentile"]
+                    row[f"p_{null}"] = stats[f"{key}p_value"]
+                rows.append(row)
+            for null, stats in e["null"].items():
+                for steered, difference in zip(stats["steered"], stats["difference"], strict=True):
+                    rows.append({**shared, "kind": "random", "null": null, "reversed": False, "coef": coef,
+                                 "steered": steered, "difference": difference})  # fmt: skip
     return pd.DataFrame(rows)
 
 
 def _steering_summary(table: pd.DataFrame) -> dict:
     out = {}
     for (spec, metric), rows in table.groupby(["vector", "metric"], sort=False):
-        factor, random = rows[rows.kind == "factor"].iloc[0], rows[rows.kind == "random"]
-        out[f"{spec} {metric}"] = {"coef": float(factor.coef), "baseline": float(factor.baseline),
-                                   "steered": float(factor.steered),
-                                   "ci": [float(factor.ci_low), float(factor.ci_high)],
-                                   "random_steered": [float(x) for x in random.steered]}  # fmt: skip
+        factor = rows[(rows.kind == "factor") & ~rows.reversed].iloc[0]
+        flipped = rows[(rows.kind == "factor") & rows.reversed].iloc[0]
+        random = rows[rows.kind == "random"]
+        out[f"{spec} {metric}"] = {
+            "metric": metric, "unit": "steps" if metric.startswith("steps_") else "rate",
+            "coef": float(factor.coef), "baseline": float(factor.baseline), "steered": float(factor.steered),
+            "ci": [float(factor.ci_low), float(factor.ci_high)],
+            "reversed_coef": float(flipped.coef), "reversed_steered": float(flipped.steered),
+            "reversed_ci": [float(flipped.ci_low), float(flipped.ci_high)],
+            "sign_specific": bool(factor.sign_specific),
+            "null": {null: {"n": len(group), "steered_range": [float(group.steered.min()), float(group.steered.max())],
+                            "percentile": float(factor[f"percentile_{null}"]), "p_value": float(factor[f"p_{null}"]),
+                            "reversed_percentile": float(flipped[f"percentile_{null}"]),
+                            "reversed_p_value": float(flipped[f"p_{null}"])}
+                     for null, group in random.groupby("null", sort=False)},
+        }  # fmt: skip
     return out
+
+
+def steered_text(entry: dict, *values: float, sep: str = " -> ") -> str:
+    """Values of one steered metric as they read: steps as steps ("8.2 -> 10.0 steps"), rates as percentages
+    ("94% -> 82%")."""
+    if entry["unit"] == "steps":
+        return sep.join(f"{v:.1f}" for v in values) + " steps"
+    return sep.join(f"{v:.0%}" for v in values)
+
+
+def inside_nulls(nulls: dict, alpha: float = 0.05) -> str:
+    """ "norm null", "norm and profile nulls": the nulls an effect is inside of (rank p-value > alpha)."""
+    inside = [kind for kind, n in nulls.items() if n["p_value"] > alpha]
+    return " and ".join(inside) + (" nulls" if len(inside) > 1 else " null")
 
 
 def _steering_findings(name: str, table: pd.DataFrame) -> list[str]:
     lines = []
-    for (spec, metric), rows in table.groupby(["vector", "metric"], sort=False):
-        if metric == "steps_to_trash":
-            continue
-        f, random = rows[rows.kind == "factor"].iloc[0], rows[rows.kind == "random"]
+    for key, e in _steering_summary(table).items():
+        spec, metric = key.rsplit(" ", 1)
+        scale = 1.0 if e["unit"] == "steps" else 100.0
+        unit = " steps" if e["unit"] == "steps" else " points"
+        nulls = "; ".join(
+            f"{null} null ({n['n']} random vectors: {steered_text(e, *n['steered_range'], sep=' to ')}): percentile "
+            f"{n['percentile']:.0f}, p = {n['p_value']:.2g} (x {e['reversed_coef']:+g}: {n['reversed_percentile']:.0f})"
+            for null, n in e["null"].items()
+        )
+        outside = all(n["p_value"] <= 0.05 for n in e["null"].values())
+        verdict = (
+            f"outside the nulls and sign-specific (at x {e['reversed_coef']:+g} it does not move the metric the same "
+            "way)" if e["sign_specific"]
+            else f"outside the nulls but not sign-specific: at x {e['reversed_coef']:+g} it moves the metric the same "
+            "way, beyond the nulls' quartile"
+            if outside else f"inside the {inside_nulls(e['null'])}: no more than a random vector of its size does"
+        )  # fmt: skip
         lines.append(
-            f"{name}, {spec} x {f.coef:+g} at {STEER_HOOK}: {metric} {f.baseline:.0%} -> {f.steered:.0%} (difference "
-            f"95% CI {f.ci_low:+.0%} to {f.ci_high:+.0%}); random vectors of the same norm: "
-            + ", ".join(f"{x:.0%}" for x in random.steered)
-            + "."
+            f"{name}, {spec} x {e['coef']:+g} at {STEER_HOOK}: {metric} {steered_text(e, e['baseline'], e['steered'])} "
+            f"(difference 95% CI {e['ci'][0] * scale:+.1f} to {e['ci'][1] * scale:+.1f}{unit}); at x "
+            f"{e['reversed_coef']:+g}: {steered_text(e, e['reversed_steered'])}; {nulls}. Verdict: {verdict}."
         )
     return lines
 
@@ -146,15 +193,22 @@ def _steering_findings(name: str, table: pd.DataFrame) -> list[str]:
 def _steering_figure(table: pd.DataFrame) -> go.Figure:
     rows = table[table.metric != "steps_to_trash"]
     fig = go.Figure()
-    for kind, group in rows.groupby("kind", sort=False):
-        fig.add_bar(x=[f"{v} {m}" for v, m in zip(group.vector, group.metric, strict=True)], y=group.steered,
-                    name=f"steered: {kind} vector", opacity=1.0 if kind == "factor" else 0.5)  # fmt: skip
+    colours = {"norm": "grey", "profile": "orange"}
+    for null, group in rows[rows.kind == "random"].groupby("null", sort=False):
+        fig.add_box(x=[f"{v} {m}" for v, m in zip(group.vector, group.metric, strict=True)], y=group.steered,
+                    name=f"random vectors, same {'norm' if null == 'norm' else 'norm per cell'}", boxpoints="all",
+                    marker_color=colours.get(null, "grey"), opacity=0.6)  # fmt: skip
+    for reversed_, symbol, label in ((False, "diamond", "steered"), (True, "x", "steered at -coef")):
+        mine = rows[(rows.kind == "factor") & (rows.reversed == reversed_)]
+        fig.add_scatter(x=[f"{v} {m}" for v, m in zip(mine.vector, mine.metric, strict=True)], y=mine.steered,
+                        mode="markers", marker={"symbol": symbol, "size": 12}, name=f"{label}: the vector")  # fmt: skip
     base = rows.drop_duplicates(["vector", "metric"])
     fig.add_scatter(x=[f"{v} {m}" for v, m in zip(base.vector, base.metric, strict=True)], y=base.baseline,
                     mode="markers", marker={"symbol": "line-ew-open", "size": 30, "color": "black"},
                     name="unsteered")  # fmt: skip
-    fig.update_layout(title="E1: steering the TrashGrid CNN (trash vector subtracted; trash-at-cell vectors added)",
-                      barmode="group", yaxis_title="rate", yaxis_range=[0, 1], height=420)  # fmt: skip
+    fig.update_layout(title="E1: steering the TrashGrid CNN (trash vector subtracted; trash-at-cell vectors added), "
+                      "beside random vectors and the vector at -coef", boxmode="group", yaxis_title="rate",
+                      yaxis_range=[0, 1], height=420)  # fmt: skip
     return fig
 
 

@@ -19,13 +19,20 @@ from workbench.errors import ConfigError, WorkbenchError
 from workbench.patching import PatchError, patch, patch_sweep
 from workbench.policies import CNNPolicy, build_policy
 from workbench.steering import (
+    METRICS,
     SteeringVector,
     contrast_vector,
+    episode_metrics,
     from_direction,
     mean_difference,
+    null_percentile,
+    random_vectors,
+    rank_p_value,
+    sign_specific,
     steered_rollouts,
     steering,
     steering_effects,
+    steering_null,
 )
 from workbench.threads import one_torch_thread
 
@@ -400,6 +407,144 @@ def test_steering_bad_input(cnn):
         SteeringVector.load("/nonexistent/vector")
 
 
+def planted_steering_cnn(symmetric: bool = False) -> tuple[CNNPolicy, SteeringVector]:
+    """All weights zero but: fc unit 0 reads one channel direction `d` (summed over the 81 cells) of conv.0's map and
+    pushes the RIGHT logit; a no-op bias keeps the unsteered agent mostly still. The planted vector is `d` at every
+    cell (norm 9): it drives fc unit 0 to 1, so the agent runs right; a random vector of that norm projects ~1/36 of
+    that on the readout, a nudge. `symmetric`: fc unit 1 reads -d and pushes RIGHT too, so -vector acts as +vector."""
+    policy = CNNPolicy(tuple(OBS_SHAPE), 5, channels=[16], hidden=8).eval()
+    direction = torch.linspace(-1, 1, 16)
+    direction = direction / direction.norm()
+    per_cell = direction.view(16, 1, 1).expand(16, 9, 9)
+    with torch.no_grad():
+        for param in policy.parameters():
+            param.zero_()
+        policy.fc.weight[0] = per_cell.reshape(-1) / 81
+        policy.actor.weight[4, 0] = 6.0  # RIGHT
+        if symmetric:
+            policy.fc.weight[1] = -per_cell.reshape(-1) / 81
+            policy.actor.weight[4, 1] = 6.0
+        policy.actor.bias[0] = 2.0  # no-op
+    return policy, SteeringVector("conv.0.hook_out", per_cell.clone(), "planted")
+
+
+SHORT_ROOMS = {"variant": "trash", "room_size": 7, "max_steps": 4}  # 4 steps: bumping the wall needs running right
+
+
+def test_rank_p_value_and_percentile_on_known_nulls():
+    null = np.arange(20.0)  # median 9.5
+    assert rank_p_value(100.0, null) == pytest.approx(1 / 21)  # beyond every draw: the smallest p there is
+    assert rank_p_value(-100.0, null) == pytest.approx(1 / 21)  # two-sided
+    assert rank_p_value(0.0, null) == pytest.approx(3 / 21)  # 0 and 19 are as far from 9.5 as 0 is: (2 + 1) / 21
+    assert rank_p_value(9.5, null) == pytest.approx(1.0)  # at the median: every draw is as extreme
+    assert rank_p_value(17.2, null) == pytest.approx(5 / 21)  # |17.2 - 9.5| = 7.7: draws 0, 1, 18, 19 and itself
+    assert null_percentile(100.0, null) == 100.0 and null_percentile(-1.0, null) == 0.0
+    assert null_percentile(5.0, null) == pytest.approx(27.5)  # 5 below, one tie counted half: 5.5 / 20
+    assert null_percentile(0.3, [0.3] * 10) == 50.0  # all tied: the middle
+    # Sign-specific: outside the null, and -coef not beyond the quartile on the same side.
+    assert sign_specific(100.0, 9.0, null) and sign_specific(100.0, -50.0, null)
+    assert not sign_specific(100.0, 19.0, null)  # -coef moves it up too (percentile 97.5)
+    assert not sign_specific(15.0, -50.0, null)  # p = 11/21: inside the null
+    assert null_percentile(4.0, null) == 22.5 and null_percentile(5.0, null) == 27.5
+    assert sign_specific(-100.0, 5.0, null) and not sign_specific(-100.0, 4.0, null)  # the 25th percentile's sides
+
+
+def test_random_vectors_match_norm_and_profile(cnn):
+    vec = contrast_vector(cnn, "trash", n=16)  # [16, 9, 9] at conv.1.hook_out
+    norms = [random_vectors(cnn, vec, kind, 20, seed=3) for kind in ("norm", "profile")]
+    for draws in norms:
+        assert len(draws) == 20 and all(d.hook == vec.hook and d.vector.shape == vec.vector.shape for d in draws)
+        for d in draws:
+            assert float(d.vector.norm()) == pytest.approx(float(vec.vector.norm()), rel=1e-5)
+    for d in norms[1]:  # the same norm at every cell, another direction there
+        torch.testing.assert_close(d.vector.norm(dim=0), vec.vector.norm(dim=0), atol=1e-6, rtol=1e-5)
+        cosine = (d.vector * vec.vector).sum(0) / (d.vector.norm(dim=0) * vec.vector.norm(dim=0)).clamp_min(1e-12)
+        assert cosine.abs().mean() < 0.5
+    norm_cells = torch.stack([d.vector.norm(dim=0) for d in norms[0]])
+    assert not torch.allclose(norm_cells[0], vec.vector.norm(dim=0), rtol=0.1)  # a norm null spreads weight anew
+    again = random_vectors(cnn, vec, "profile", 20, seed=3)
+    assert all(torch.equal(a.vector, b.vector) for a, b in zip(again, norms[1], strict=True))  # seeded
+    assert not torch.equal(random_vectors(cnn, vec, "profile", 1, seed=4)[0].vector, norms[1][0].vector)
+    # A transformer's residual stream: positions are tokens, features the last axis.
+    tvec = SteeringVector("blocks.1.hook_resid_pre", torch.randn(10, 32))
+    for d in random_vectors(build_policy({"arch": "transformer", "stem": 8, "d_model": 32, "obs_shape": OBS_SHAPE,
+                                          "n_actions": 5}), tvec, "profile", 3):  # fmt: skip
+        torch.testing.assert_close(d.vector.norm(dim=-1), tvec.vector.norm(dim=-1), atol=1e-6, rtol=1e-5)
+
+
+def test_steering_null_finds_the_planted_direction():
+    policy, vec = planted_steering_cnn()
+    result = steering_null(policy, vec, 1.0, "bump_rate", n_random=20, episodes=200, env_config=SHORT_ROOMS)
+    assert result["metric"] == "bump_rate" and result["coef"] == 1.0 and result["reversed_coef"] == -1.0
+    assert result["baseline"] < 0.3 and result["steered"] > 0.5  # it runs into the right wall
+    assert result["null_kinds"] == ["norm", "profile"] and result["n_random"] == 20
+    for kind in ("norm", "profile"):
+        null = result["null"][kind]
+        assert len(null["steered"]) == len(null["difference"]) == 20
+        assert max(null["steered"]) < result["baseline"] + 0.05  # random vectors of its size barely move it
+        assert null["percentile"] == 100.0 and null["p_value"] == pytest.approx(1 / 21) and null["outside"]
+    # -vector: fc unit 0 stays at 0 (ReLU), so the agent acts as unsteered: not on the planted side of the null.
+    assert result["reversed"] == pytest.approx(result["baseline"]) and result["reversed_difference"] == 0.0
+    assert not result["opposite_signs"]  # 0 has no sign ...
+    assert result["sign_specific"]  # ... but -vector sits inside the nulls' middle half: the effect is the sign's
+    assert all(25 <= result["null"][k]["reversed_percentile"] <= 75 for k in ("norm", "profile"))
+
+    # A random vector of the same norm, steered the same way, is no outlier in its own nulls.
+    stranger = random_vectors(policy, vec, "norm", 1, seed=99)[0]
+    plain = steering_null(policy, stranger, 1.0, "bump_rate", n_random=20, episodes=200, env_config=SHORT_ROOMS)
+    for kind in ("norm", "profile"):
+        assert 5 < plain["null"][kind]["percentile"] < 95 and plain["null"][kind]["p_value"] > 0.05
+    assert not plain["sign_specific"]
+
+    # A readout of |d|: -vector runs right as well. Outside the nulls either way, so not sign-specific.
+    both, vec = planted_steering_cnn(symmetric=True)
+    result = steering_null(both, vec, 1.0, "bump_rate", n_random=20, episodes=200, env_config=SHORT_ROOMS)
+    assert result["steered"] > 0.5 and result["reversed"] == pytest.approx(result["steered"])
+    assert all(result["null"][k]["reversed_percentile"] == 100.0 for k in ("norm", "profile"))
+    assert not result["sign_specific"] and not result["opposite_signs"]
+
+
+def test_steering_effects_null_is_the_same_episodes():
+    """The null's rollouts are the episodes the vector's are: steering a null vector by itself reproduces its row."""
+    policy, vec = planted_steering_cnn()
+    effects = steering_effects(policy, vec, 1.0, episodes=64, env_config=SHORT_ROOMS, n_random=19, n_boot=100)
+    assert effects["reversed_coef"] == -1.0 and effects["alpha"] == 0.05  # reverse follows n_random
+    assert "bump_rate" in effects["metrics"] and set(effects["metrics"]) <= set(METRICS)
+    third = random_vectors(policy, vec, "profile", 19, seed=0)[2]
+    alone = episode_metrics(steered_rollouts(policy, SHORT_ROOMS, third, 1.0, episodes=64))
+    base = episode_metrics(steered_rollouts(policy, SHORT_ROOMS, None, episodes=64))
+    row = effects["metrics"]["bump_rate"]["null"]["profile"]
+    assert row["steered"][2] == pytest.approx(alone["bump_rate"].mean())
+    assert row["difference"][2] == pytest.approx((alone["bump_rate"] - base["bump_rate"]).mean())
+    plain = steering_effects(policy, vec, 1.0, episodes=16, env_config=SHORT_ROOMS, n_boot=50)
+    assert "null" not in plain["metrics"]["bump_rate"] and "reversed" not in plain["metrics"]["bump_rate"]
+    with pytest.warns(UserWarning, match="cannot go below 1/4"):
+        steering_effects(policy, vec, 1.0, episodes=8, env_config=SHORT_ROOMS, n_random=3, n_boot=50)
+
+
+def test_steering_null_bad_input():
+    policy, vec = planted_steering_cnn()
+    for n_random in (0, -2, 2.5, True):
+        with pytest.raises(PatchError, match="n_random=.*at least 1 random vector"):
+            steering_null(policy, vec, 1.0, "bump_rate", n_random=n_random, episodes=4)
+    with pytest.raises(PatchError, match="n_random=-1.*0 turns the null off"):
+        steering_effects(policy, vec, 1.0, episodes=4, n_random=-1)
+    with pytest.raises(PatchError, match="unknown null kind 'gaussian'.*'norm'.*'profile'"):
+        steering_null(policy, vec, 1.0, "bump_rate", kinds=("norm", "gaussian"), episodes=4)
+    with pytest.raises(PatchError, match="unknown null kind"):
+        random_vectors(policy, vec, "uniform", 3)
+    with pytest.raises(PatchError, match="no null kinds"):
+        steering_null(policy, vec, 1.0, "bump_rate", kinds=(), episodes=4)
+    with pytest.raises(ConfigError, match="unknown steering metric 'bump'.*Did you mean 'bump_rate'"):
+        steering_null(policy, vec, 1.0, "bump", episodes=4)
+    with pytest.raises(PatchError, match="needs a target cell"):
+        steering_null(policy, vec, 1.0, "retarget_success_rate", episodes=4)
+    with pytest.raises(PatchError, match="alpha=1.5"):
+        steering_null(policy, vec, 1.0, "bump_rate", alpha=1.5, episodes=4)
+    with pytest.raises(PatchError, match="at least one finite draw"):
+        rank_p_value(1.0, [])
+
+
 # ---------------------------------------------------------------------------------------------- attribution
 def test_saliency_matches_autograd_and_the_planted_site(cnn):
     obs = torch.as_tensor(contrast_pairs("colour", 6).clean_obs)
@@ -504,6 +649,19 @@ def test_cli_patch_and_steer(run_dir, tmp_path):
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     assert data["coef"] == -1.0 and data["episodes"] == 8 and "deposit_rate" in data["metrics"]
+    # By default, beside every effect: the vector at -coef and 20 random vectors of each null kind.
+    assert data["reversed_coef"] == 1.0 and data["n_random"] == 20 and data["null_kinds"] == ["norm", "profile"]
+    row = data["metrics"]["mean_length"]
+    assert len(row["null"]["norm"]["steered"]) == len(row["null"]["profile"]["steered"]) == 20
+    assert 0 <= row["null"]["profile"]["percentile"] <= 100 and 1 / 21 <= row["null"]["profile"]["p_value"] <= 1
+    assert {"reversed", "reversed_difference", "opposite_signs", "sign_specific"} <= set(row)
+    res = runner.invoke(app, ["steer", str(run_dir), "--vector", "trash", "--coef", "-1", "--episodes", "4",
+                              "--n-random", "19"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "19 random vectors of each kind at x -1" in res.output and "sign-specific: outside every null" in res.output
+    res = runner.invoke(app, ["steer", str(run_dir), "--vector", "trash", "--episodes", "4", "--n-random", "0",
+                              "--no-reverse", "--json"])  # fmt: skip
+    assert res.exit_code == 0 and "null" not in json.loads(res.stdout)["metrics"]["mean_length"]
     res = runner.invoke(
         app, ["steer", str(run_dir), "--vector", str(save) + ".safetensors", "--coef", "0", "--episodes", "4", "--json"]
     )
@@ -517,6 +675,7 @@ def test_cli_patch_and_steer(run_dir, tmp_path):
     for bad, message in (
         (["patch", str(run_dir), "--factor", "trash", "--hooks", "nope", "--out", str(out)], "nope"),
         (["steer", str(run_dir), "--vector", "trash", "--coef", "nan"], "not finite"),
+        (["steer", str(run_dir), "--vector", "trash", "--n-random", "-3"], "n_random=-3"),
         (["patch", str(run_dir), "--factor", "smell", "--out", str(out)], "contrast factor"),
     ):
         res = runner.invoke(app, bad)

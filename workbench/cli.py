@@ -625,12 +625,22 @@ def steer_cmd(
     hook: str = typer.Option(None, help="hook to steer (default: last conv map / the last block's resid_pre)"),
     pairs: int = typer.Option(256, help="contrast pairs for a factor or trash-at vector"),
     seed: int = typer.Option(12345, help="seed of the rollout episodes"),
+    n_random: int = typer.Option(
+        20,
+        "--n-random",
+        help="random vectors per null (same norm; same norm per position) on the same episodes; 0: no null",
+    ),
+    null_seed: int = typer.Option(0, help="seed of the random vectors"),
+    reverse: bool = typer.Option(True, "--reverse/--no-reverse", help="also steer at -coef on the same episodes"),
     deterministic: bool = typer.Option(False, "--deterministic", help="argmax actions instead of sampled"),
     save: Path = typer.Option(None, help="also save the vector as <save>.safetensors + <save>.json"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Steer a policy with a vector during rollouts; deposit rate, steps to trash, retargeting success, ... steered
-    vs unsteered, with intervals over episodes.
+    vs unsteered, with intervals over episodes; beside each, the vector at -coef and the effect's percentile among
+    random vectors of the same norm ("norm") and of the same norm at every position ("profile"), with a two-sided
+    rank p-value, and whether it is sign-specific (outside both nulls, and -coef does not move the metric the same
+    way beyond the null's quartile).
 
     Example: workbench steer runs/trash-cnn --vector trash --coef -1 --episodes 500 --json
     """
@@ -644,18 +654,34 @@ def steer_cmd(
     check_steering(policy, steer_vector, coef)
     if save is not None:
         steer_vector.save(save)
-    effects = steering_effects(policy, steer_vector, coef, episodes=episodes, seed=seed, deterministic=deterministic)
+    effects = steering_effects(policy, steer_vector, coef, episodes=episodes, seed=seed, deterministic=deterministic,
+                               n_random=n_random, reverse=reverse, null_seed=null_seed)  # fmt: skip
     if as_json:
         typer.echo(json.dumps(effects, indent=2))
         return
     view = Table(title=f"{steer_vector.name} x {coef:g} at {steer_vector.hook} — {episodes} episodes")
-    for column in ("metric", "unsteered", "steered", "difference [95% CI]"):
+    columns = ["metric", "unsteered", "steered", "difference [95% CI]"]
+    columns += [f"x {-coef:g}"] if reverse else []
+    kinds = effects.get("null_kinds", [])
+    columns += [f"{kind} pct (p)" for kind in kinds] + (["sign-specific"] if kinds and reverse else [])
+    for column in columns:
         view.add_column(column, justify="left" if column == "metric" else "right")
     for name, row in effects["metrics"].items():
         low, high = row["difference_ci"]
-        view.add_row(name, f"{row['baseline']:.3f}", f"{row['steered']:.3f}",
-                     f"{row['difference']:+.3f} [{low:+.3f}, {high:+.3f}]")  # fmt: skip
+        cells = [name, f"{row['baseline']:.3f}", f"{row['steered']:.3f}",
+                 f"{row['difference']:+.3f} [{low:+.3f}, {high:+.3f}]"]  # fmt: skip
+        cells += [f"{row['reversed']:.3f}"] if reverse else []
+        cells += [f"{row['null'][kind]['percentile']:.0f} ({row['null'][kind]['p_value']:.2g})" for kind in kinds]
+        cells += ["yes" if row["sign_specific"] else "no"] if kinds and reverse else []
+        view.add_row(*cells)
     Console().print(view)
+    if kinds:
+        console.print(
+            f"nulls: {n_random} random vectors of each kind at x {coef:g} on the same episodes (norm: the vector's "
+            "norm; profile: its norm at every position); pct: where the difference falls among theirs (0-100); p: "
+            "two-sided rank p-value, at least 1/(n_random + 1); sign-specific: outside every null, and x "
+            f"{-coef:g} not beyond the null's quartile on the same side."
+        )
 
 
 @app.command()

@@ -14,13 +14,22 @@ A vector is a mean activation difference between two contrast sets (`workbench.c
 (the tensor) beside `<name>.json` (hook, name, provenance); never pickled.
 
 Effects compare steered rollouts with unsteered ones on the same episodes (same seeds, so the same rooms) and report
-each metric's mean with a bootstrap interval over episodes, and the paired difference with its interval.
+each metric's mean with a bootstrap interval over episodes, and the paired difference with its interval. A vector's
+effect means little alone: any vector of its size moves a policy somewhat, and a "direction" that only breaks the
+policy moves it the same way at -coef. So `steering_null` (and `steering_effects(..., n_random=20, reverse=True)`)
+also steer, on the same episodes, with random vectors of the same norm and of the same spatial profile, and with the
+vector at -coef, and report the effect's percentile and rank p-value in each null and whether it is sign-specific:
+
+    null = steering_null(policy, trash, -3.0, "deposit_rate", n_random=20, episodes=300)
+    null["null"]["profile"]["percentile"], null["null"]["profile"]["p_value"], null["reversed"], null["sign_specific"]
 """
 
 from __future__ import annotations
 
 import json
 import math
+import warnings
+from collections.abc import Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,9 +45,15 @@ from workbench.contrast import ContrastPairs, check_cell, contrast_pairs, trash_
 from workbench.envs import make_config
 from workbench.envs.config import EnvConfig
 from workbench.envs.core import EVENTS, IN_ROOM
+from workbench.errors import unknown_name
 from workbench.evaluate import rollout_episodes
 from workbench.io import atomic_write_bytes, atomic_write_json
-from workbench.patching import PatchError, activation_shapes, bootstrap_weights, check_hook, mean_ci
+from workbench.patching import PatchError, activation_shapes, bootstrap_weights, check_hook, hook_kind, mean_ci
+
+METRICS = ("success_rate", "deposit_rate", "deposits_per_episode", "pick_rate", "steps_to_trash", "button_rate",
+           "goal_rate", "bump_rate", "mean_return", "mean_length")  # fmt: skip
+TARGET_METRICS = ("retarget_success_rate", "steps_to_target")  # with a target cell
+NULL_KINDS = ("norm", "profile")
 
 
 @dataclass
@@ -329,17 +344,54 @@ def steering_effects(
     target_cell=None,
     deterministic: bool = False,
     n_boot: int = 1000,
+    n_random: int = 0,
+    null_kinds: Sequence[str] = NULL_KINDS,
+    reverse: bool | None = None,
+    null_seed: int = 0,
+    alpha: float = 0.05,
 ) -> dict:
     """Steered vs unsteered rollouts on the same episodes. For each metric: baseline and steered means with
-    bootstrap intervals over episodes, and the paired difference (steered - baseline) with its interval."""
+    bootstrap intervals over episodes, and the paired difference (steered - baseline) with its interval.
+
+    With `reverse` (default: when `n_random` > 0), also the vector at -coef on the same episodes: `reversed`,
+    `reversed_difference` (with intervals) and `opposite_signs` (the two differences have strictly opposite signs).
+    With `n_random` > 0, `null`: for each kind of `null_kinds`, `n_random` random vectors (`random_vectors`,
+    seeded `null_seed`) at the same coef on the same episodes, and the difference's `percentile` and two-sided
+    `p_value` among theirs (`null_percentile`, `rank_p_value`; the reversed difference's too, against the same null:
+    both kinds of random vector are as likely as their negation), `outside` (p <= alpha) and `sign_specific`
+    (`sign_specific`); the row's `sign_specific` holds when it holds in every null."""
+    from workbench.errors import ConfigError
+
     if target_cell is None and "cell" in vector.meta:
         target_cell = tuple(vector.meta["cell"])
     delta = check_steering(policy, vector, coef)  # fail before any rollout
+    if not isinstance(episodes, int) or isinstance(episodes, bool) or episodes < 1:
+        raise ConfigError(f"episodes={episodes!r}: roll out at least 1 episode.")
+    n_random = _check_n_random(n_random, minimum=0)
+    null_kinds = _check_kinds(null_kinds) if n_random else ()
+    alpha = _check_alpha(alpha)
+    if n_random and 1 / (n_random + 1) > alpha:
+        warnings.warn(
+            f"n_random={n_random}: the rank p-value cannot go below 1/{n_random + 1} = {1 / (n_random + 1):.3f}, "
+            f"above alpha={alpha:g}: draw at least {math.ceil(1 / alpha) - 1} random vectors to tell an effect from "
+            "the null.",
+            UserWarning,
+            stacklevel=2,
+        )
+    reverse = bool(n_random) if reverse is None else bool(reverse)
     kwargs = dict(
         env_config=env_config, episodes=episodes, seed=seed, target_cell=target_cell, deterministic=deterministic
     )
     base = episode_metrics(steered_rollouts(policy, vector=None, **kwargs))
     steered = episode_metrics(steered_rollouts(policy, vector=vector, coef=coef, **kwargs))
+    flipped = episode_metrics(steered_rollouts(policy, vector=vector, coef=-coef, **kwargs)) if reverse else None
+    nulls = {
+        kind: [
+            episode_metrics(steered_rollouts(policy, vector=random, coef=coef, **kwargs))
+            for random in random_vectors(policy, vector, kind, n_random, null_seed)
+        ]
+        for kind in null_kinds
+    }
     weights = bootstrap_weights(episodes, n_boot, seed)
     metrics = {}
     for name in base:
@@ -349,15 +401,36 @@ def steering_effects(
         w = weights[:, torch.as_tensor(ok)]
         w = w / w.sum(1, keepdim=True)
         row = {}
-        for label, values in (
-            ("baseline", base[name]),
-            ("steered", steered[name]),
-            ("difference", steered[name] - base[name]),
-        ):
+        parts = [("baseline", base[name]), ("steered", steered[name]), ("difference", steered[name] - base[name])]
+        if flipped is not None:
+            parts += [("reversed", flipped[name]), ("reversed_difference", flipped[name] - base[name])]
+        for label, values in parts:
             mean, low, high = mean_ci(torch.as_tensor(values[ok]), w)
             row[label], row[f"{label}_ci"] = float(mean), [float(low), float(high)]
+        if flipped is not None:
+            row["opposite_signs"] = bool(row["difference"] * row["reversed_difference"] < 0)
+        if nulls:
+            row["null"] = {}
+            for kind, runs in nulls.items():
+                null_diff = np.array([float(np.mean(run[name][ok] - base[name][ok])) for run in runs])
+                stats = {
+                    "steered": [float(np.mean(run[name][ok])) for run in runs],
+                    "difference": null_diff.tolist(),
+                    "median": float(np.median(null_diff)),
+                    "percentile": null_percentile(row["difference"], null_diff),
+                    "p_value": rank_p_value(row["difference"], null_diff),
+                }
+                stats["outside"] = stats["p_value"] <= alpha
+                if flipped is not None:
+                    stats["reversed_percentile"] = null_percentile(row["reversed_difference"], null_diff)
+                    stats["reversed_p_value"] = rank_p_value(row["reversed_difference"], null_diff)
+                    stats["sign_specific"] = sign_specific(row["difference"], row["reversed_difference"], null_diff,
+                                                           alpha)  # fmt: skip
+                row["null"][kind] = stats
+            if flipped is not None:
+                row["sign_specific"] = all(stats["sign_specific"] for stats in row["null"].values())
         metrics[name] = row
-    return {
+    out = {
         "hook": vector.hook,
         "vector": vector.name,
         "vector_norm": float(delta.norm() / abs(coef)) if coef else float(torch.as_tensor(vector.vector).norm()),
@@ -368,6 +441,160 @@ def steering_effects(
         "target_cell": None if target_cell is None else [int(v) for v in target_cell],
         "metrics": metrics,
     }
+    if reverse:
+        out["reversed_coef"] = -float(coef)
+    if n_random:
+        out.update({"n_random": n_random, "null_kinds": list(null_kinds), "null_seed": null_seed, "alpha": alpha})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- null distributions
+def random_vectors(policy, vector: SteeringVector, kind: str = "norm", n: int = 20, seed: int = 0) -> list:
+    """`n` random `SteeringVector`s matched to `vector` (same hook, same shape), for a null distribution of
+    steering effects. Seeded: the same (kind, n, seed) gives the same vectors.
+
+    - "norm": Gaussian directions in the vector's shape, scaled to the vector's norm.
+    - "profile": the vector's norm at every position: at each position of the activation (a cell of a conv map
+      [C, H, W], a token of [pos, d_model], a (pos, head) of [pos, head, d_head]) a Gaussian direction across its
+      features (the channels of a map; the last axis otherwise), scaled to the vector's norm at that position. The
+      random vector weighs each position as the vector does, only in another direction there; the stronger null
+      where a policy is sensitive to where a vector acts more than to which way it points. A vector without
+      positions (an fc vector, or one broadcast from [C, 1, 1] over a map, which keeps one direction for all cells)
+      has one position, and its profile null is a norm null.
+
+    Both distributions are symmetric (a vector is as likely as its negation), so one null serves the vector at
+    coef and at -coef."""
+    kind = _check_kinds([kind])[0]
+    n = _check_n_random(n, minimum=1, name="n")
+    shape = activation_shapes(policy, [vector.hook])[vector.hook]
+    vec = torch.as_tensor(vector.vector, dtype=torch.float32).detach().cpu()
+    generator = torch.Generator().manual_seed(int(seed) * len(NULL_KINDS) + NULL_KINDS.index(kind))
+    full = vec.reshape((1,) * (len(shape) - vec.ndim) + tuple(vec.shape))  # aligned with the activation's axes
+    kind_of_hook = hook_kind(vector.hook, shape)
+    axis = None if not shape else 0 if kind_of_hook in ("vector", "map") else len(shape) - 1
+    out = []
+    for i in range(n):
+        noise = torch.randn(full.shape, generator=generator)
+        if kind == "norm" or axis is None:
+            random = noise * (vec.norm() / noise.norm().clamp_min(1e-12))
+        else:
+            scale = full.norm(dim=axis, keepdim=True) / noise.norm(dim=axis, keepdim=True).clamp_min(1e-12)
+            random = noise * scale
+        out.append(SteeringVector(vector.hook, random.reshape(vec.shape), f"random-{kind}-{i}",
+                                  {"null": kind, "seed": int(seed), "index": i, "of": vector.name}))  # fmt: skip
+    return out
+
+
+def null_percentile(value: float, null) -> float:
+    """Where `value` falls among the null draws, 0 to 100: the percentage of draws below it, ties counted half."""
+    null = _null_array(null)
+    tol = 1e-9 * max(1.0, abs(float(value)))
+    below, tied = (null < value - tol).sum(), (np.abs(null - value) <= tol).sum()
+    return float(100.0 * (below + 0.5 * tied) / len(null))
+
+
+def rank_p_value(value: float, null) -> float:
+    """Two-sided rank p-value of `value` against `n` null draws: (k + 1) / (n + 1), k the number of draws at least
+    as far from the null's median as `value` is, on either side. The smallest it can be is 1 / (n + 1): 0.048 with
+    20 draws, so at least 19 are needed to reach 0.05."""
+    null = _null_array(null)
+    centre = float(np.median(null))
+    distance = abs(float(value) - centre)
+    tol = 1e-9 * max(1.0, distance)
+    as_extreme = (np.abs(null - centre) >= distance - tol).sum()
+    return float((as_extreme + 1) / (len(null) + 1))
+
+
+def sign_specific(difference: float, reversed_difference: float, null, alpha: float = 0.05) -> bool:
+    """Whether a steering effect belongs to the vector's sign: its difference is outside the null (two-sided rank
+    p-value <= alpha) and the difference at -coef does not fall on the same side of the null's median beyond the
+    null's quartile (below its 25th percentile when the effect is below the median, above the 75th when above).
+    That is, measured from what random vectors do, the reversed effect has the opposite sign or lies inside the
+    null's middle half. A direction that merely disrupts the policy, moving the metric the same way at either
+    sign, is not sign-specific."""
+    null = _null_array(null)
+    if rank_p_value(difference, null) > _check_alpha(alpha):
+        return False
+    flipped = null_percentile(reversed_difference, null)
+    below = difference < float(np.median(null))
+    return not (flipped < 25.0 if below else flipped > 75.0)
+
+
+def steering_null(
+    policy,
+    vector: SteeringVector,
+    coef: float,
+    metric: str,
+    n_random: int = 20,
+    kinds: Sequence[str] = NULL_KINDS,
+    episodes: int = 200,
+    seed: int = 12345,
+    target_cell=None,
+    env_config=None,
+    deterministic: bool = False,
+    null_seed: int = 0,
+    alpha: float = 0.05,
+    n_boot: int = 1000,
+) -> dict:
+    """One metric's steering effect beside its controls, all on the same `episodes` (seed `seed`): the vector at
+    `coef`, `n_random` random vectors of each kind in `kinds` (`random_vectors`) at `coef`, and the vector at -coef.
+    Returns the run's settings (hook, vector, coef, reversed_coef, episodes, seed, ...) and the metric's row of
+    `steering_effects`: baseline, steered, difference, reversed, reversed_difference (each with `_ci`),
+    opposite_signs, null[kind] (steered and difference per random vector, median, percentile, p_value, outside,
+    reversed_percentile, reversed_p_value, sign_specific) and sign_specific (in every null)."""
+    names = METRICS + (TARGET_METRICS if target_cell is not None or "cell" in vector.meta else ())
+    if metric not in names:
+        if metric in TARGET_METRICS:
+            raise PatchError(f"metric {metric!r} needs a target cell: pass target_cell=(row, col).")
+        raise unknown_name("steering metric", metric, names)
+    _check_n_random(n_random, minimum=1)
+    effects = steering_effects(policy, vector, coef, episodes=episodes, env_config=env_config, seed=seed,
+                               target_cell=target_cell, deterministic=deterministic, n_boot=n_boot, n_random=n_random,
+                               null_kinds=kinds, reverse=True, null_seed=null_seed, alpha=alpha)  # fmt: skip
+    row = effects.pop("metrics").get(metric)
+    if row is None:
+        raise PatchError(f"{metric} is undefined in all {episodes} episodes (e.g. no trash to deposit): pick another "
+                         "metric or an env where it happens.")  # fmt: skip
+    return {**effects, "metric": metric, **row}
+
+
+def _check_n_random(n_random, minimum: int, name: str = "n_random") -> int:
+    if not isinstance(n_random, int | np.integer) or isinstance(n_random, bool) or n_random < minimum:
+        raise PatchError(
+            f"{name}={n_random!r}: draw at least {max(minimum, 1)} random vector(s) for a null distribution "
+            f"(20 or more reach p <= 0.05){'; 0 turns the null off' if minimum == 0 else ''}."
+        )
+    return int(n_random)
+
+
+def _check_kinds(kinds) -> tuple[str, ...]:
+    kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+    if not kinds:
+        raise PatchError(f"no null kinds given: pick from {', '.join(NULL_KINDS)}.")
+    for kind in kinds:
+        if kind not in NULL_KINDS:
+            raise PatchError(
+                f"unknown null kind {kind!r}: use 'norm' (random vectors of the same norm) or 'profile' (the same "
+                "norm at every position, random directions there)."
+            )
+    return kinds
+
+
+def _check_alpha(alpha) -> float:
+    try:
+        alpha = float(alpha)
+    except (TypeError, ValueError) as err:
+        raise PatchError(f"alpha={alpha!r} is not a number: use a level such as 0.05.") from err
+    if not 0 < alpha < 1:
+        raise PatchError(f"alpha={alpha!r}: use a level between 0 and 1, such as 0.05.")
+    return alpha
+
+
+def _null_array(null) -> np.ndarray:
+    null = np.asarray(null, dtype=np.float64).ravel()
+    if null.size == 0 or not np.isfinite(null).all():
+        raise PatchError("the null distribution needs at least one finite draw.")
+    return null
 
 
 def resolve_vector(policy, spec: str, hook: str | None = None, n: int = 256, seed: int = 0) -> SteeringVector:
