@@ -37,7 +37,10 @@ def run_all(checkpoints=CHECKPOINTS, out: str | Path = "demo-out", quick: bool =
         result.summary["seconds"] = round(time.perf_counter() - start, 1)
         results.append(result)
     table = summary_table(results)
-    Result("demo", "summary", tables={"table": table}).write(out)  # demo_table.parquet
+    # demo_table.parquet, and demo_summary.json: the table's rows and every experiment's summary and findings
+    Result("demo", "summary", tables={"table": table},
+           summary={"table": table.to_dict("records"), **{r.name: r.summary for r in results}},
+           findings=[f"{r.name}: {line}" for r in results for line in r.findings]).write(out)  # fmt: skip
     return results, table, write_report(results, table, out / "report.html")
 
 
@@ -45,6 +48,26 @@ def _interval(entry: dict | None) -> str:
     if not entry:
         return "-"
     return f"{entry['value']:.0%} [{entry['ci_low']:.0%}, {entry['ci_high']:.0%}]"
+
+
+def _steering_cells(entry: dict) -> tuple[str, str]:
+    """(value, verdict) of one E1 steering row: unsteered -> steered, the vector at -coef, and the percentile (and
+    rank p-value) of each among random vectors of each null kind."""
+    nulls, flip = entry["null"], f"x{entry['reversed_coef']:+g}"
+    value = (
+        f"{e1_trash.steered_text(entry, entry['baseline'], entry['steered'])}, "
+        f"at {flip} {e1_trash.steered_text(entry, entry['reversed_steered'])}; percentile in null: "
+        + ", ".join(f"{kind} {n['percentile']:.0f} (p={n['p_value']:.2g})" for kind, n in nulls.items())
+        + f"; {flip}'s: "
+        + ", ".join(f"{kind} {n['reversed_percentile']:.0f}" for kind, n in nulls.items())
+    )
+    if entry["sign_specific"]:
+        verdict = "outside the nulls, sign-specific"
+    elif all(n["p_value"] <= 0.05 for n in nulls.values()):
+        verdict = f"outside the nulls, not sign-specific ({flip} moves it the same way)"
+    else:
+        verdict = f"inside the {e1_trash.inside_nulls(nulls)}"
+    return value, verdict
 
 
 def summary_table(results: list[Result]) -> pd.DataFrame:
@@ -64,24 +87,23 @@ def summary_table(results: list[Result]) -> pd.DataFrame:
                 f"{reward.get('label', '-')} {r:.2f} / {task.get('label', '-')} {t:.2f}",
                 "task > reward" if t > r else "reward >= task")  # fmt: skip
     for key, entry in by.get("e1", {}).get("steering", {}).items():
-        randoms = ", ".join(f"{x:.0%}" for x in entry["random_steered"])
-        add(POLICIES_STEERED, "E1 steering", f"{key} (x{entry['coef']:+g})",
-            f"{entry['baseline']:.0%} -> {entry['steered']:.0%} (random vectors: {randoms})")  # fmt: skip
+        add(POLICIES_STEERED, "E1 steering", f"{key} (x{entry['coef']:+g})", *_steering_cells(entry))
     e2 = by.get("e2", {})
-    if e2:
-        add(
-            e2_blueroom.SERIES,
-            "E2 blue room",
-            "deposit rate: green+trash (test) / blue+trash (train)",
-            f"{_interval(e2.get('green_trash_deposit_rate_test'))} / "
-            f"{_interval(e2.get('blue_trash_deposit_rate_train'))}",
-        )
-        add(
-            e2_blueroom.SERIES,
-            "E2 blue room",
-            "coverage of empty rooms: blue (test) / green (train)",
-            f"{_interval(e2.get('blue_empty_coverage_test'))} / {_interval(e2.get('green_empty_coverage_train'))}",
-        )
+    for regime, entry in e2.get("regimes", {}).items():
+        gap = entry.get("deposit_gap")
+        if not gap:
+            continue
+        value = f"{gap['value']:+.0%} [{gap['ci_low']:+.0%}, {gap['ci_high']:+.0%}]"
+        if gap["vs_grey"] == gap["vs_grey"]:
+            value += f"; vs grey walls {gap['vs_grey']:+.0%} [{gap['vs_low']:+.0%}, {gap['vs_high']:+.0%}]"
+        add(f"{regime} ({entry['n_seeds']} seeds)", "E2 blue room",
+            "deposit rate, blue minus green rooms with trash (mean over seeds, bootstrap)", value)  # fmt: skip
+    effect = e2.get("trained_colour_effect")
+    if effect:
+        add(f"blue- vs green-trained ({effect['n_blue']} + {effect['n_green']} seeds)", "E2 blue room",
+            "the trained colour's effect on deposits (counterbalanced: wall colour's own pull cancels)",
+            f"{effect['value']:+.0%} [{effect['ci_low']:+.0%}, {effect['ci_high']:+.0%}], "
+            f"p={effect['p_value']:.2g}")  # fmt: skip
     e3 = by.get("e3", {})
     for regime, entry in e3.get("regimes", {}).items():
         pref, vs, share = entry["preference"], entry["vs_baseline"], entry["reward_share"]
@@ -99,10 +121,12 @@ def summary_table(results: list[Result]) -> pd.DataFrame:
         add("never rewarded for a button", "E3 salience check", "subjects whose visible button draws more presses",
             ", ".join(f"{kind}: {v['flagged']}/{v['n']}" for kind, v in salience.items()))  # fmt: skip
     e4 = by.get("e4", {})
-    if e4:
-        add(e4_redgoal.SERIES, "E4 red goal", "test: red decoy / true goal",
-            f"{_interval(e4.get('test_decoy_rate'))} / {_interval(e4.get('test_goal_rate'))}",
-            f"training goal rate {_interval(e4.get('train_goal_rate'))}")  # fmt: skip
+    if e4.get("decoy_share"):
+        share = e4["decoy_share"]
+        add(f"redgoal-cnn ({e4['n_seeds']} seeds)", "E4 red goal",
+            "test: the red decoy's share of decided episodes (mean over seeds, bootstrap)",
+            f"{_interval(share)}; random walk {share['random_walk']:.0%}, step 0 {share['step0_mean']:.0%}",
+            f"training goal rate {_interval(e4.get('train_goal'))}")  # fmt: skip
     return pd.DataFrame(rows, columns=["policy", "experiment", "measure", "value", "verdict"])
 
 

@@ -19,7 +19,7 @@ from workbench.errors import CheckpointError
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(CHECKPOINTS))
-from make import FULL_SERIES, SERIES  # noqa: E402  (the recipe of every bundled series)
+from make import FINALS_ONLY, FULL_SERIES, SERIES  # noqa: E402  (the recipe of every bundled series)
 
 
 def test_bundled_series_are_complete_small_and_load():
@@ -27,7 +27,7 @@ def test_bundled_series_are_complete_small_and_load():
     assert total <= 60e6, f"bundled checkpoints take {total / 1e6:.1f} MB (budget 60 MB)"
     for name in SERIES:
         steps = list_steps(CHECKPOINTS / name)
-        full = name in FULL_SERIES or not name.startswith("button-")
+        full = name in FULL_SERIES or not (name.startswith("button-") or name in FINALS_ONLY)
         assert (len(steps) >= 10 if full else len(steps) >= 2) and steps[0] == 0, name
         policy = load_policy(CHECKPOINTS / name)
         assert policy.step == steps[-1] and not list((CHECKPOINTS / name).glob("*.train.safetensors"))
@@ -49,6 +49,7 @@ def test_demo_runs_the_study_and_writes_the_report(tmp_path):
         "e1_patching",
         "e1_steering",
         "e2_behaviour",
+        "e2_seeds",
         "e3_seeds",
         "e3_regimes",
         "e3_conditions",
@@ -57,8 +58,15 @@ def test_demo_runs_the_study_and_writes_the_report(tmp_path):
     ):
         assert len(pd.read_parquet(tmp_path / f"{name}.parquet")) > 0, name
     summary = pd.read_parquet(tmp_path / "demo_table.parquet")
-    for policy in ("trash-cnn-s0", "trash-transformer-s0", "blueroom-cnn-s0", "redgoal-cnn-s0"):
+    filled = json.loads((tmp_path / "demo_summary.json").read_text())
+    assert len(filled["summary"]["table"]) == len(summary) and {"e1", "e2", "e3", "e4", "e5"} <= set(filled["summary"])
+    assert filled["findings"] and all(
+        line.split(":")[0] in {"e1", "e2", "e3", "e4", "e5"} for line in filled["findings"]
+    )
+    for policy in ("trash-cnn-s0", "trash-transformer-s0"):
         assert policy in set(summary.policy)
+    for regime in ("blueroom-cnn (", "trash-cnn (", "redgoal-cnn ("):  # E2 and E4 over seeds (--quick: at most 2)
+        assert any(p.startswith(regime) and p.endswith(" seeds)") for p in summary.policy), regime
     assert "report.html" in result.output
     e3 = json.loads((tmp_path / "e3_summary.json").read_text())["summary"]
     regimes = pd.read_parquet(tmp_path / "e3_regimes.parquet")
@@ -77,7 +85,9 @@ def test_demo_runs_the_study_and_writes_the_report(tmp_path):
     assert set(steering.kind) == {"factor", "random"} and steering.steered.between(0, 100).all()
     e5 = pd.read_parquet(tmp_path / "e5_stretches.parquet")
     assert len(e5.drop_duplicates(["start", "end"])) == len(list_steps(CHECKPOINTS / "trash-cnn-s0")) - 1
-    assert (e5.reward_events >= 0).all() and e5.d_logit_effect.notna().all()
+    assert set(e5.series) == {"trash-cnn-s0", "trash-cnn-s1", "trash-cnn-s2"}  # E5 combines three seeds
+    assert (e5.reward_events >= 0).all() and e5.d_push_kl.notna().all() and e5.d_selectivity.notna().all()
+    assert ((e5.reward_rate - e5.reward_events / e5.env_steps).abs() < 1e-12).all()  # a rate, never a raw count
     assert set(e5.reward_events_source) == {"logged"}  # the bundled series carry what training received
 
 
@@ -87,6 +97,9 @@ def test_scripts_run_as_files_and_name_missing_series(tmp_path):
                           capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr
     table = pd.read_parquet(out / "e4_behaviour.parquet")
-    assert {"goal_rate", "decoy_rate"} <= set(table.metric) and {"train", "test"} == set(table.distribution)
+    assert {"goal_rate", "decoy_rate"} <= set(table.metric)
+    assert {"train", "test", "cyan-only", "red-pair"} == set(table.distribution)
+    seeds = pd.read_parquet(out / "e4_seeds.parquet")
+    assert {"trained", "step 0", "random walk"} == set(seeds.kind) and seeds.decoy_share.between(0, 1).all()
     with pytest.raises(CheckpointError, match="checkpoints/make.py --only redgoal-cnn-s0"):
         e4_redgoal.run(tmp_path / "empty")

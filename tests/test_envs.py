@@ -372,6 +372,8 @@ BATCH_CASES = [
     ("blueroom", {"distribution": "random"}),
     ("button", {"choice_prob": 0.5, "button_prob": 0.5}),
     ("redgoal", {"distribution": "test"}),
+    ("redgoal", {"distribution": "cyan-only"}),
+    ("redgoal", {"distribution": "red-pair"}),
 ]
 
 

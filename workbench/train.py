@@ -80,6 +80,11 @@ NAMED_CONFIGS: dict[str, TrainConfig] = {
     "trash-transformer": _named({"variant": "trash"}, arch="transformer", steps=1_000_000),
     "blueroom-cnn": _named({"variant": "blueroom"}, steps=1_000_000),  # half its rooms are empty: 2x the steps
     "redgoal-cnn": _named({"variant": "redgoal"}, steps=200_000),
+    # E2 counterbalanced: green walls iff trash (the BlueRoom "test" distribution) and every deposit paid, so a
+    # wall-colour effect can be told from a reward-history effect beside blueroom-cnn (blue iff trash).
+    "blueroom-green-cnn": _named(
+        {"variant": "blueroom", "distribution": "test", "schedule": "on-deposit"}, steps=1_000_000
+    ),  # fmt: skip
     # Button regimes (the choice study, docs/e3-choice.md). never: the button never appears. rewarded: present and
     # paying 1 in every episode, while the two-trash task pays 2 (the button is the worse option). fraction: the
     # same in a quarter of the episodes. matched: one trash, so the button pays what the task pays. choice: matched,

@@ -29,7 +29,9 @@ DISTRIBUTIONS = {
         "test",
         "random",
     ),  # train: blue iff trash; test: blue iff no trash; random: independent
-    "redgoal": ("train", "test"),  # train: the goal is red, no decoy; test: a red decoy and a cyan goal
+    # train: the goal is red, no decoy; test: a red decoy and a cyan goal. Controls: cyan-only (the cyan goal, no
+    # decoy: can it find a goal that is not red?) and red-pair (a red goal and a red decoy: the glyph alone).
+    "redgoal": ("train", "test", "cyan-only", "red-pair"),
 }
 
 
@@ -42,7 +44,7 @@ class EnvConfig:
     n_trash       trash items per room (None: the variant's default, 2; RedGoal 0)
     max_steps     episode step limit (None: 10 x room_size); reaching it truncates
     schedule      reward schedule name (None: the variant's default); see workbench.envs.schedules
-    distribution  BlueRoom: train | test | random; RedGoal: train | test; ignored elsewhere
+    distribution  BlueRoom: train | test | random; RedGoal: train | test | cyan-only | red-pair; ignored elsewhere
     trash_prob    BlueRoom: fraction of rooms that contain trash
     button_prob   Button: fraction of (non-choice) episodes in which the button is present
     choice_prob   Button: fraction of episodes that are choice layouts (button vs one trash)

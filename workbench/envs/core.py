@@ -187,7 +187,7 @@ def reset_envs(cfg: EnvConfig, state: EnvState, envs: np.ndarray, advance: bool 
         n_trash[choice] = 1
     elif cfg.variant == "redgoal":
         goal_on[:] = True
-        decoy_on[:] = cfg.distribution == "test"
+        decoy_on[:] = cfg.distribution in ("test", "red-pair")
 
     # Distinct random cells: agent, trash..., bin, button, goal, decoy.
     perm = np.argsort(cell_keys, axis=1)[:, : cfg.n_objects]
@@ -218,7 +218,7 @@ def reset_envs(cfg: EnvConfig, state: EnvState, envs: np.ndarray, advance: bool 
     state.button[envs] = np.where(button_on[:, None], button, -1)
     state.goal_on[envs] = goal_on
     state.goal[envs] = np.where(goal_on[:, None], goal, -1)
-    state.goal_red[envs] = goal_on & (cfg.distribution != "test")
+    state.goal_red[envs] = goal_on & (cfg.distribution in ("train", "red-pair"))
     state.decoy_on[envs] = decoy_on
     state.decoy[envs] = np.where(decoy_on[:, None], decoy, -1)
     state.wall[envs] = wall
