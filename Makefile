@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 # The CPU wheel of torch that lies on these machines; override with TORCH="torch>=2.6" elsewhere.
 TORCH ?= torch==2.13.0
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-slow test-all lint bench clean
 
 install: $(VENV)/.installed
 
@@ -21,12 +21,16 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# Every test, slow ones included (they fit CI's time); `make test-fast` skips the slow ones.
+# The default suite, without the slow tests (under ~10 minutes on 2 cores); `make test-slow` runs those (the demo
+# end to end, the slow probe sweep); CI runs both, one after the other; `make test-all` runs everything at once.
 test: lint
-	$(VENV)/bin/pytest
-
-test-fast: lint
 	$(VENV)/bin/pytest -m "not slow"
+
+test-slow: install
+	$(VENV)/bin/pytest -m slow
+
+test-all: lint
+	$(VENV)/bin/pytest
 
 bench: install
 	$(VENV)/bin/workbench bench

@@ -37,6 +37,7 @@ def test_bundled_series_are_complete_small_and_load():
         assert trained["success_rate"] >= 0.9, name  # the bundled TrashGrid CNNs solve their task
 
 
+@pytest.mark.slow  # the whole study end to end: ~5 minutes on 2 cores
 def test_demo_runs_the_study_and_writes_the_report(tmp_path):
     result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
