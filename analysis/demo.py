@@ -134,8 +134,8 @@ def write_report(results: list[Result], table: pd.DataFrame, path: Path) -> Path
     from workbench.report import Report
 
     report = Report("reward-workbench: what did reward chisel into the bundled policies?")
-    report.note("E1 to E5 (DESIGN.md) on the bundled checkpoint series; every figure comes from rollouts, probes and "
-                "patching of those checkpoints. Intervals are 95%.")  # fmt: skip
+    report.note("E1 to E5 (the README's study section) on the bundled checkpoint series; every figure comes from "
+                "rollouts, probes and patching of those checkpoints. Intervals are 95%.")  # fmt: skip
     report.heading("Summary")
     report.parts.append(table.to_html(index=False, classes="cfg", border=0, escape=True))
     for result in results:

@@ -3,7 +3,7 @@ or several hooks of one width, all on the same rows), over a small regularisatio
 each pass of the optimiser serves all of them.
 
 A loop of scikit-learn fits spends its time in a hundred-odd full passes over X per probe and strength
-(DESIGN.md, measured facts). Here the passes are shared, and made few:
+(measured: `workbench bench --only probes`). Here the passes are shared, and made few:
 
 - Features are standardised on the train rows by the caller; `Features` keeps, per design of the stack
   X [H, N, D], their covariance Σ = XᵀX/N and one Cholesky factor of Σ + μI per grid value μ.

@@ -22,7 +22,7 @@ from workbench.envs import make_config
 from workbench.errors import CheckpointError, ConfigError, unknown_name
 
 # PPO settings that solve the default TrashGrid fast on 2 CPU cores: many envs, short rollouts,
-# mid-size minibatches (DESIGN.md, measured facts).
+# mid-size minibatches (measured on these 2-core machines).
 FAST_PPO = {
     "n_envs": 256,
     "n_steps": 16,
