@@ -208,11 +208,10 @@ def mechanism(run_dir: Path, episodes: int, n_random: int = N_RANDOM, n_steps: i
     conv.1.hook_out (E1's steering hook), subtracted at three strengths, each against `n_random` random vectors of
     the same norm; the outcomes are the button and task rates on the choice layouts at equal paths (the same
     layouts for every vector)."""
-    import torch
 
     import probes
     from workbench.datasets import collect
-    from workbench.steering import SteeringVector, contrast_vector, steering
+    from workbench.steering import contrast_vector, random_vectors, steering
 
     policy = load_policy(run_dir)
     env = dict(policy.run["env"])
@@ -226,11 +225,7 @@ def mechanism(run_dir: Path, episodes: int, n_random: int = N_RANDOM, n_steps: i
     }  # fmt: skip
     cfg = choice_config(env)
     vector = contrast_vector(policy, "button", STEER_HOOK)
-    generator = torch.Generator().manual_seed(0)
-    randoms = []
-    for _ in range(n_random):
-        noise = torch.randn(vector.vector.shape, generator=generator)
-        randoms.append(SteeringVector(STEER_HOOK, noise * vector.vector.norm() / noise.norm(), name="random"))
+    randoms = random_vectors(policy, vector, "norm", n_random, seed=0)  # same norm, seeded
     unsteered = choice_conditions(policy, cfg, episodes, SEED, controls=()).iloc[0]
     base, base_task = float(unsteered.button_rate), float(unsteered.task_rate)
     rows = []
