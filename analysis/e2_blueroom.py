@@ -77,8 +77,8 @@ def run(checkpoints=CHECKPOINTS, out=None, quick: bool = False, progress=None) -
         report(progress, "E2 random walk: rooms of every colour x trash")
         cfg = make_config("blueroom", distribution="random")
         table = pd.DataFrame(blueroom_rows(scripted_policy("random"), cfg, episodes, SEED, ("random",)))
-        subjects.append({"subject": "scripted:random", "regime": "random walk", "kind": "random walk",
-                         **_measures(table)})  # fmt: skip
+        walk = _measures(table)
+        subjects.append({"subject": "scripted:random", "regime": "random walk", "kind": "random walk", **walk})
         tables.append(table.assign(subject="scripted:random", regime="random walk"))
         policy = load_policy(first)
         report(progress, f"E2 {SERIES}: probes on {n_steps} observations with colour and trash untied (one seed)")
@@ -93,8 +93,7 @@ def run(checkpoints=CHECKPOINTS, out=None, quick: bool = False, progress=None) -
     search = regime_table(trained, "search_gap", baseline="trash-cnn")
     result.tables = {"behaviour": behaviour, "seeds": per_seed, "deposit_gap": gaps, "search_gap": search,
                      "probes": probe_table}  # fmt: skip
-    walk = per_seed[per_seed.kind == "random walk"].iloc[0]
-    summary = {"regimes": {}, "random_walk": {k: float(walk[k]) for k in _measures_keys()}}
+    summary = {"regimes": {}, "random_walk": walk}
     for name, table in (("deposit_gap", gaps), ("search_gap", search)):
         for row in table.to_dict("records"):
             entry = summary["regimes"].setdefault(row["regime"], {"n_seeds": row["n_seeds"]})
@@ -114,11 +113,6 @@ def run(checkpoints=CHECKPOINTS, out=None, quick: bool = False, progress=None) -
     result.findings += _findings(summary, gaps, search)
     result.figures = {"behaviour": _figure(per_seed)}
     return result
-
-
-def _measures_keys() -> tuple[str, ...]:
-    return ("deposit_blue", "deposit_green", "coverage_blue_empty", "coverage_green_empty", "deposit_gap",
-            "search_gap")  # fmt: skip
 
 
 def _ci(low: float, high: float) -> str:
