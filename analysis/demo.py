@@ -85,7 +85,7 @@ def summary_table(results: list[Result]) -> pd.DataFrame:
             r, t = reward.get("selectivity", 0.0), task.get("selectivity", 0.0)
             add(policy, "E1 probes", "best selectivity: reward-side / task-side",
                 f"{reward.get('label', '-')} {r:.2f} / {task.get('label', '-')} {t:.2f}",
-                "task > reward" if t > r else "reward >= task")  # fmt: skip
+                "no verdict: one policy's point estimates (probes.gap: interval; seeds not pooled)")  # fmt: skip
     for key, entry in by.get("e1", {}).get("steering", {}).items():
         add(POLICIES_STEERED, "E1 steering", f"{key} (x{entry['coef']:+g})", *_steering_cells(entry))
     e2 = by.get("e2", {})
