@@ -287,6 +287,33 @@ def wait_for(browser, condition, timeout: float = 20.0, what: str = ""):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def press_slider(browser, slider_id: str, presses: int) -> None:
+    """Step a slider right `presses` times by keyboard, one press at a time, each confirmed by the thumb's
+    aria-valuenow. A key sent before the slider has focus (the page may still be re-rendering it) is lost; such a
+    press is retried (focus again, press again), so the slider ends exactly `presses` steps on."""
+    from selenium.webdriver.common.keys import Keys
+
+    def value():
+        return browser.execute_script(
+            "const t = document.querySelector(`#${arguments[0]} [role=slider]`);"
+            "return t ? t.getAttribute('aria-valuenow') : null;",
+            slider_id,
+        )
+
+    for _ in range(presses):
+        start = wait_for(browser, value, what=f"the {slider_id} slider")
+        for _attempt in range(5):
+            browser.execute_script("document.querySelector(`#${arguments[0]} [role=slider]`).focus()", slider_id)
+            browser.switch_to.active_element.send_keys(Keys.ARROW_RIGHT)
+            try:
+                wait_for(browser, lambda s=start: value() not in (None, s), 3, f"the {slider_id} slider to move")
+                break
+            except AssertionError:
+                continue
+        else:
+            raise AssertionError(f"the {slider_id} slider did not move from {start} after 5 key presses")
+
+
 def graph_title(browser, graph_id: str) -> str:
     return browser.execute_script(
         "const g = document.querySelector(`#${arguments[0]} .js-plotly-plot`);"
@@ -337,8 +364,7 @@ def test_every_view_renders_without_console_errors_and_controls_change_figures(s
         if view == "activations":
             before = graph_title(browser, "act-fig")
             assert "channel" in before
-            browser.execute_script("document.querySelector('#act-index [role=slider]').focus()")
-            browser.switch_to.active_element.send_keys(Keys.ARROW_RIGHT)
+            press_slider(browser, "act-index", 1)
             wait_for(browser, lambda b=before: graph_title(browser, "act-fig") != b, what="another channel")
         if view == "probes":
             before = graph_title(browser, "probe-curves")
@@ -362,9 +388,7 @@ def test_every_view_renders_without_console_errors_and_controls_change_figures(s
             assert "patching conv.1.hook_out" in graph_title(browser, "patch-fig")
             before = graph_title(browser, "steer-effects")
             assert "coef 0" in before
-            browser.execute_script("document.querySelector('#steer-coef [role=slider]').focus()")
-            for _ in range(4):
-                browser.switch_to.active_element.send_keys(Keys.ARROW_RIGHT)
+            press_slider(browser, "steer-coef", 4)
             wait_for(browser, lambda b=before: graph_title(browser, "steer-effects") != b, what="steered rollout")
             idle(browser, served)
             assert "coef 2" in graph_title(browser, "steer-effects"), graph_title(browser, "steer-effects")
