@@ -21,7 +21,6 @@ from analysis.common import CHECKPOINTS, Result
 from workbench.io import atomic_write_bytes
 
 EXPERIMENTS = (e1_trash, e2_blueroom, e3_button, e4_redgoal, e5_chiseling)
-POLICIES_STEERED = e1_trash.POLICIES[0]
 
 
 def run_all(checkpoints=CHECKPOINTS, out: str | Path = "demo-out", quick: bool = False,
@@ -50,24 +49,18 @@ def _interval(entry: dict | None) -> str:
     return f"{entry['value']:.0%} [{entry['ci_low']:.0%}, {entry['ci_high']:.0%}]"
 
 
-def _steering_cells(entry: dict) -> tuple[str, str]:
-    """(value, verdict) of one E1 steering row: unsteered -> steered, the vector at -coef, and the percentile (and
-    rank p-value) of each among random vectors of each null kind."""
-    nulls, flip = entry["null"], f"x{entry['reversed_coef']:+g}"
-    value = (
-        f"{e1_trash.steered_text(entry, entry['baseline'], entry['steered'])}, "
-        f"at {flip} {e1_trash.steered_text(entry, entry['reversed_steered'])}; percentile in null: "
-        + ", ".join(f"{kind} {n['percentile']:.0f} (p={n['p_value']:.2g})" for kind, n in nulls.items())
-        + f"; {flip}'s: "
-        + ", ".join(f"{kind} {n['reversed_percentile']:.0f}" for kind, n in nulls.items())
-    )
-    if entry["sign_specific"]:
-        verdict = "outside the nulls, sign-specific"
-    elif all(n["p_value"] <= 0.05 for n in nulls.values()):
-        verdict = f"outside the nulls, not sign-specific ({flip} moves it the same way)"
+def _finding_verdict(
+    caveat: str, entry: dict, positive: str = "task-side > reward-side", negative: str = "reward-side > task-side"
+) -> str:
+    """The verdict a seed-level interval allows: shown when the interval excludes 0, else none; with fewer seeds
+    than a claim about the recipe needs, says so."""
+    if entry["ci_low"] == entry["ci_low"] and entry["ci_low"] > 0:
+        verdict = f"{positive} (interval over seeds above 0)"
+    elif entry["ci_high"] == entry["ci_high"] and entry["ci_high"] < 0:
+        verdict = f"{negative} (interval over seeds below 0)"
     else:
-        verdict = f"inside the {e1_trash.inside_nulls(nulls)}"
-    return value, verdict
+        verdict = "not shown (the interval over seeds holds 0)"
+    return verdict + (f"; {caveat.strip()}" if caveat else "")
 
 
 def summary_table(results: list[Result]) -> pd.DataFrame:
@@ -79,15 +72,27 @@ def summary_table(results: list[Result]) -> pd.DataFrame:
         rows.append({"policy": policy, "experiment": experiment, "measure": measure, "value": value,
                      "verdict": verdict})  # fmt: skip
 
-    for policy, e1 in by.get("e1", {}).items():
-        if isinstance(e1, dict) and "best_reward_probe" in e1:
-            reward, task = e1["best_reward_probe"] or {}, e1["best_task_probe"] or {}
-            r, t = reward.get("selectivity", 0.0), task.get("selectivity", 0.0)
-            add(policy, "E1 probes", "best selectivity: reward-side / task-side",
-                f"{reward.get('label', '-')} {r:.2f} / {task.get('label', '-')} {t:.2f}",
-                "no verdict: one policy's point estimates (probes.gap: interval; seeds not pooled)")  # fmt: skip
-    for key, entry in by.get("e1", {}).get("steering", {}).items():
-        add(POLICIES_STEERED, "E1 steering", f"{key} (x{entry['coef']:+g})", *_steering_cells(entry))
+    e1 = by.get("e1", {})
+    for arch, pooled in e1.get("pooled", {}).items():
+        n, sel = len(pooled["seeds"]), pooled["selectivity_gap"]
+        who = f"{arch} ({n} seeds)"
+        add(who, "E1 probes", "best task-side minus best reward-side selectivity, info_gain (mean over seeds, t)",
+            e1_trash.seed_text(sel) + f"; per-seed intervals above 0: {sel['n_above_zero']}/{n}",
+            _finding_verdict(e1_trash.seeds_caveat(n), sel))  # fmt: skip
+        for label, gain in pooled["beyond_task"].items():
+            add(who, "E1 conditional probes", f"{label}: what activations add beyond the task labels (info_gain)",
+                e1_trash.seed_text(gain) + f"; from the task labels alone {gain['given_value']:.3f}",
+                _finding_verdict(e1_trash.seeds_caveat(n), gain, "information beyond the task labels",
+                                 "below the task labels alone: the joint probe overfits"))  # fmt: skip
+    for key, entry in e1.get("steering_pooled", {}).items():
+        n = len(entry["seeds"])
+        scale, unit = (1.0, " steps") if entry["unit"] == "steps" else (100.0, " points")
+        value = (f"{e1_trash.seed_text(entry['difference'], scale, unit, 1)}; at x{entry['reversed_coef']:+g} "
+                 f"{e1_trash.seed_text(entry['reversed_difference'], scale, unit, 1)}")  # fmt: skip
+        verdict = (f"outside the nulls in {entry['n_outside_nulls']}/{n} seeds, sign-specific in "
+                   f"{entry['n_sign_specific']}/{n}")  # fmt: skip
+        add(f"trash-cnn ({n} seeds)", "E1 steering", f"{key} (x{entry['coef']:+g}), change (mean over seeds, t)",
+            value, verdict)  # fmt: skip
     e2 = by.get("e2", {})
     for regime, entry in e2.get("regimes", {}).items():
         gap = entry.get("deposit_gap")

@@ -1,95 +1,212 @@
 """E1 trash: rewarded for depositing trash, do the policies represent trash, bin and carrying, or a reward variable?
-And does patching trash activations move their behaviour?
+And does patching or steering trash activations move their behaviour? Seeds are the unit of evidence: the CNN at
+five training seeds, the transformer at three.
 
-For each trained TrashGrid policy (the CNN at three seeds, the transformer), on its own rollouts:
-- probes with every control on its hooks, reward-side labels (reward, reward within k steps, return-to-go, value
-  target) beside task-side ones (trash and bin maps, carrying, trash remaining, direction and distance to the
-  nearest target, position); the best selectivity of each side;
+For each trained TrashGrid policy, on its own rollouts:
+- probes with every control (a shuffled-label control, a control task, five random-init networks: `probes.fit_probes`)
+  on its hooks, reward-side labels (reward, reward within k steps, return-to-go, value target) beside task-side ones
+  (trash and bin maps, carrying, trash remaining, direction and distance to the nearest target, position). The
+  comparison is `probes.gap`: the best task-side probe minus the best reward-side probe, each chosen on the
+  validation split by its selectivity (score minus the best control), scored on the test split in info_gain (one
+  scale for every label kind), with a paired episode-bootstrap interval. Its headline is the selectivity gap (the
+  controls' scores taken off both sides): a label any network decodes does not count;
+- conditional probes (`probes.conditional_probes`): what the hooks' activations add to each reward-side label beyond
+  the ground-truth task labels (a reward label can be almost a function of the task state), the hook chosen on
+  validation, the test gain with its paired interval;
 - activation patching of trash-present into trash-removed rooms at every cell / position of each hook: where does
   the trash's effect on the action live, against a noise baseline;
-- steering the first CNN at its last conv map (the maze-policy study's "cheese vector" experiment, for trash):
+- steering the CNNs at their last conv map (the maze-policy study's "cheese vector" experiment, for trash):
   subtracting the trash vector (mean activation with minus without trash), and adding a "trash at cell (r, c)"
   vector at three cells, each beside 20 random vectors of the same norm and 20 with the same norm at every cell
   (random directions there), at the same coefficient and on the same episodes, and beside the vector at -coef:
   does the trash direction move behaviour more than any direction of its size would, and does the move belong to
   its sign (`workbench.steering.steering_effects` with `n_random`, `reverse`)?
 
+Per architecture, each measure is pooled over seeds: the mean with a 95% Student-t interval over seeds (the
+per-seed, episode-level intervals are in the tables), and how many seeds' own intervals exclude 0. With --quick,
+two CNN seeds and one transformer seed: too few for a verdict about the training recipe, and the findings say so.
+
     python analysis/e1_trash.py [--quick] [--out DIR]
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
 import probes
-from analysis.common import CHECKPOINTS, Result, best_selectivity, main_for, report, series
+from analysis.common import CHECKPOINTS, Result, main_for, report, series
+from probes.metrics import HEADLINE
 from workbench.checkpoints import load_policy
 from workbench.contrast import contrast_pairs
 from workbench.datasets import collect
 from workbench.patching import default_patch_hooks, patch
+from workbench.stats import mean_interval
 from workbench.steering import policy_env, resolve_vector, steering_effects
 
-POLICIES = ("trash-cnn-s0", "trash-cnn-s1", "trash-cnn-s2", "trash-transformer-s0")
+CNN = tuple(f"trash-cnn-s{seed}" for seed in range(5))
+TRANSFORMER = tuple(f"trash-transformer-s{seed}" for seed in range(3))
+POLICIES = CNN + TRANSFORMER
+QUICK = ("trash-cnn-s0", "trash-cnn-s1", "trash-transformer-s0")
+MIN_SEEDS = 5  # below this, a pooled interval describes the seeds at hand, not the training recipe
 STEER_HOOK, SUBTRACT, RETARGET = "conv.1.hook_out", -3.0, 3.0  # coefficients: past ~10 any vector breaks the policy
 REWARD = ["reward", "reward_within_k", "return_to_go", "value_target"]
 TASK = ["trash_map", "bin_map", "carrying", "trash_remaining", "target_dir", "target_dist", "agent_row", "agent_col"]
+CONDITIONAL = ["reward_within_k", "value_target"]  # reward labels asked "beyond the task labels"
+
+
+def architecture(name: str) -> str:
+    return name.rsplit("-s", 1)[0]
 
 
 def run(checkpoints=CHECKPOINTS, out=None, quick: bool = False, progress=None, policies=None) -> Result:
     result = Result("e1", "E1 trash: task features or a reward variable?")
-    n_steps, n_pairs = (4000, 32) if quick else (12000, 128)
-    names = policies or (POLICIES[:1] + POLICIES[3:] if quick else POLICIES)
-    tables, patches = [], []
+    n_steps, n_pairs, n_boot, episodes = (3000, 32, 100, 100) if quick else (8000, 96, 200, 200)
+    names = list(policies or (QUICK if quick else POLICIES))
+    tables, gaps, conditional, patches, steers = [], [], [], [], []
     for name in names:
         policy = load_policy(series(checkpoints, name))
-        report(progress, f"E1 {name}: collecting {n_steps} observations and fitting probes")
+        report(progress, f"E1 {name}: collecting {n_steps} observations; probes with controls, conditional probes")
         data = collect(policy, None, n_steps, seed=0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # constant labels of this env are skipped, with a row
-            table = probes.fit_probes(data, None, REWARD + TASK, n_boot=100 if quick else 200).table
-        tables.append(table.assign(policy=name))
+            fitted = probes.fit_probes(data, None, REWARD + TASK, n_boot=n_boot)
+            beyond = probes.conditional_probes(data, None, CONDITIONAL, TASK, n_boot=n_boot)
+        tables.append(fitted.table.assign(policy=name))
+        gaps.append(probes.gap(fitted).assign(policy=name))
+        conditional.append(beyond.assign(policy=name))
         report(progress, f"E1 {name}: patching trash into trash-free rooms ({n_pairs} pairs)")
         pairs = contrast_pairs("trash", n_pairs, seed=0, config=policy_env(policy))
         patches.append(patch(policy, pairs, default_patch_hooks(policy), n_boot=200).assign(policy=name))
+        if architecture(name) == "trash-cnn":
+            report(progress, f"E1 {name}: steering with the trash vector and trash-at-cell vectors, beside random ones")
+            steers.append(steering_experiment(policy, episodes).assign(policy=name))
     probe_table, patch_table = pd.concat(tables, ignore_index=True), pd.concat(patches, ignore_index=True)
-    result.tables = {"probes": probe_table, "patching": patch_table}
+    gap_table, cond_table = pd.concat(gaps, ignore_index=True), pd.concat(conditional, ignore_index=True)
+    steer_table = pd.concat(steers, ignore_index=True) if steers else pd.DataFrame()
+    result.tables = {"probes": probe_table, "gap": gap_table, "conditional": cond_table, "patching": patch_table,
+                     "steering": steer_table}  # fmt: skip
+    chosen = chosen_conditional(cond_table)
     for name in names:
-        mine = probe_table[probe_table.policy == name]
-        reward, task = best_selectivity(mine, "reward"), best_selectivity(mine, "task")
-        effect = patch_table[(patch_table.policy == name) & (patch_table.metric == "normalised_effect")]
-        clean, noise = effect[effect.source == "clean"], effect[effect.source == "noise"]
-        top = clean.loc[clean.value.idxmax()] if not clean.empty else None
         result.summary[name] = {
-            "best_reward_probe": _describe(reward),
-            "best_task_probe": _describe(task),
-            "top_patch_site": None
-            if top is None
-            else {
-                "hook": top.hook,
-                "site": top.site,
-                "effect": top.value,
-                "ci": [top.ci_low, top.ci_high],
-                "noise_max": float(noise.value.max()),
-            },  # fmt: skip
+            "gap": _gap_entry(gap_table[gap_table.policy == name].iloc[0]),
+            "beyond_task": {row.label: _gain_entry(row) for row in chosen[chosen.policy == name].itertuples()},
+            "top_patch_site": _top_patch(patch_table[patch_table.policy == name]),
         }
-        if reward is not None and task is not None:
-            side = "task" if task.selectivity > reward.selectivity else "reward"
-            result.findings.append(
-                f"{name}: the best task-side probe ({task.label} at {task.hook}, selectivity {task.selectivity:.2f}) "
-                f"{'beats' if side == 'task' else 'trails'} the best reward-side probe ({reward.label} at "
-                f"{reward.hook}, {reward.selectivity:.2f})."
-            )
-    report(progress, f"E1 {names[0]}: steering with the trash vector and trash-at-cell vectors, beside random ones")
-    steer_table = steering_experiment(load_policy(series(checkpoints, names[0])), 100 if quick else 300)
-    result.tables["steering"] = steer_table.assign(policy=names[0])
-    result.summary["steering"] = _steering_summary(steer_table)
-    result.findings += _steering_findings(names[0], steer_table)
-    result.figures = {"selectivity": _selectivity_figure(probe_table), "patching": _patching_figure(patch_table),
-                      "steering": _steering_figure(steer_table)}  # fmt: skip
+    result.summary["pooled"] = pooled = {}
+    for arch in dict.fromkeys(architecture(n) for n in names):
+        mine = [n for n in names if architecture(n) == arch]
+        pooled[arch] = _pool_probes(mine, gap_table, chosen)
+        result.findings += _probe_findings(arch, pooled[arch])
+    if not steer_table.empty:
+        result.summary["steering"] = {policy: _steering_summary(rows)
+                                      for policy, rows in steer_table.groupby("policy", sort=False)}  # fmt: skip
+        result.summary["steering_pooled"] = _pool_steering(result.summary["steering"])
+        result.findings += _steering_findings(result.summary["steering_pooled"])
+    result.figures = {"gap": _gap_figure(gap_table, chosen), "selectivity": _selectivity_figure(probe_table),
+                      "patching": _patching_figure(patch_table)}  # fmt: skip
+    if not steer_table.empty:
+        result.figures["steering"] = _steering_figure(steer_table)
     return result
+
+
+# ---------------------------------------------------------------------------------------------- probes over seeds
+def chosen_conditional(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (policy, label): the conditional probe (hook, probe kind) with the best validation gain in info_gain
+    (val_value - val_given), reported with its test gain and interval: the hook is not chosen on the test split."""
+    rows = table[table.metric == HEADLINE].assign(val_gain=lambda t: t.val_value - t.val_given)
+    rows = rows.dropna(subset=["val_gain"])
+    return rows.loc[rows.groupby(["policy", "label"], sort=False).val_gain.idxmax()].reset_index(drop=True)
+
+
+def _gap_entry(row) -> dict:
+    return {"task": f"{row.task_label} at {row.task_hook}", "reward": f"{row.reward_label} at {row.reward_hook}",
+            "task_value": float(row.task_value), "reward_value": float(row.reward_value), "gap": float(row.gap),
+            "ci": [float(row.ci_low), float(row.ci_high)], "selectivity_gap": float(row.selectivity_gap),
+            "selectivity_ci": [float(row.selectivity_ci_low), float(row.selectivity_ci_high)]}  # fmt: skip
+
+
+def _gain_entry(row) -> dict:
+    return {"hook": row.hook, "probe": row.probe, "given_value": float(row.given_value), "value": float(row.value),
+            "gain": float(row.gain), "ci": [float(row.gain_ci_low), float(row.gain_ci_high)]}  # fmt: skip
+
+
+def _top_patch(rows: pd.DataFrame) -> dict | None:
+    effect = rows[rows.metric == "normalised_effect"]
+    clean, noise = effect[effect.source == "clean"], effect[effect.source == "noise"]
+    if clean.empty:
+        return None
+    top = clean.loc[clean.value.idxmax()]
+    return {"hook": top.hook, "site": top.site, "effect": float(top.value), "ci": [float(top.ci_low),
+            float(top.ci_high)], "noise_max": float(noise.value.max()) if not noise.empty else math.nan}  # fmt: skip
+
+
+def pool(values, lows, highs) -> dict:
+    """Seed-level summary of one measure: the mean over seeds with a 95% t-interval over seeds, the per-seed values,
+    and how many seeds' own (episode-level) intervals lie above / below 0."""
+    values, lows, highs = (np.asarray(v, dtype=np.float64) for v in (values, lows, highs))
+    mean, lo, hi = mean_interval(values)
+    return {"n_seeds": int(values.size), "mean": mean, "ci_low": lo, "ci_high": hi, "per_seed": values.tolist(),
+            "n_above_zero": int((lows > 0).sum()), "n_below_zero": int((highs < 0).sum())}  # fmt: skip
+
+
+def _pool_probes(names: list[str], gap_table: pd.DataFrame, chosen: pd.DataFrame) -> dict:
+    gaps = gap_table[gap_table.policy.isin(names)]
+    out = {"seeds": names,
+           "selectivity_gap": pool(gaps.selectivity_gap, gaps.selectivity_ci_low, gaps.selectivity_ci_high),
+           "gap": pool(gaps.gap, gaps.ci_low, gaps.ci_high),
+           "task_probes": sorted(set(gaps.task_label)), "reward_probes": sorted(set(gaps.reward_label)),
+           "beyond_task": {}}  # fmt: skip
+    for label, rows in chosen[chosen.policy.isin(names)].groupby("label", sort=False):
+        gain = pool(rows.gain, rows.gain_ci_low, rows.gain_ci_high)
+        out["beyond_task"][label] = {
+            **gain,
+            "given_value": float(rows.given_value.mean()),
+            "hooks": sorted(set(rows.hook)),
+        }
+    return out
+
+
+def seed_text(entry: dict, scale: float = 1.0, unit: str = "", digits: int = 3) -> str:
+    """'+0.120 [+0.050, +0.190]': a `pool` entry's mean over seeds with its t-interval over seeds."""
+    value = f"{entry['mean'] * scale:+.{digits}f}"
+    if entry["ci_low"] != entry["ci_low"]:
+        return value + unit + " (one seed, no interval)"
+    return value + f" [{entry['ci_low'] * scale:+.{digits}f}, {entry['ci_high'] * scale:+.{digits}f}]" + unit
+
+
+def seeds_caveat(n: int) -> str:
+    return "" if n >= MIN_SEEDS else f" Only {n} seed(s): below the {MIN_SEEDS} a claim about the recipe needs."
+
+
+def _probe_findings(arch: str, pooled: dict) -> list[str]:
+    n = len(pooled["seeds"])
+    sel, raw = pooled["selectivity_gap"], pooled["gap"]
+    side = ("none over seeds (one seed)" if n < 2
+            else "task-side features are more decodable than reward-side ones, beyond what the controls decode"
+            if sel["ci_low"] > 0 else "reward-side features are more decodable than task-side ones, beyond the controls"
+            if sel["ci_high"] < 0 else "no difference between the two sides is shown")  # fmt: skip
+    lines = [
+        f"{arch} ({n} seeds): best task-side minus best reward-side probe, chosen on validation, in info_gain after "
+        f"the controls (selectivity gap): mean {seed_text(sel)} over seeds (per-seed intervals above 0 in "
+        f"{sel['n_above_zero']} of {n}, below 0 in {sel['n_below_zero']}); without the controls {seed_text(raw)}. "
+        f"Probes chosen: task {', '.join(pooled['task_probes'])}; reward {', '.join(pooled['reward_probes'])}. "
+        f"Verdict: {side}.{seeds_caveat(n)}"
+    ]
+    for label, g in pooled["beyond_task"].items():
+        verdict = ("none over seeds (one seed)" if n < 2
+                   else "the activations carry information about it beyond the task labels (a linear read-out of them)"
+                   if g["ci_low"] > 0 else "no information beyond the task labels is shown")  # fmt: skip
+        lines.append(
+            f"{arch} ({n} seeds): {label} from the task labels alone scores {g['given_value']:.3f} info_gain (mean); "
+            f"the activations ({', '.join(g['hooks'])}, chosen on validation) add {seed_text(g)} over seeds "
+            f"(per-seed intervals above 0 in {g['n_above_zero']} of {n}). Verdict: {verdict}.{seeds_caveat(n)}"
+        )
+    return lines
 
 
 def steering_experiment(policy, episodes: int, n_random: int = 20) -> pd.DataFrame:
@@ -163,60 +280,92 @@ def inside_nulls(nulls: dict, alpha: float = 0.05) -> str:
     return " and ".join(inside) + (" nulls" if len(inside) > 1 else " null")
 
 
-def _steering_findings(name: str, table: pd.DataFrame) -> list[str]:
+def _pool_steering(per_policy: dict[str, dict]) -> dict:
+    """Per steered (vector, metric): the steered-minus-unsteered difference pooled over seeds (mean, t-interval
+    over seeds), at +coef and at -coef, and how many seeds' vectors lie outside every null (rank p <= 0.05 in each)
+    and are sign-specific."""
+    out = {}
+    for key in next(iter(per_policy.values())):
+        entries = [summary[key] for summary in per_policy.values()]
+        first = entries[0]
+        diffs = [e["steered"] - e["baseline"] for e in entries]
+        flipped = [e["reversed_steered"] - e["baseline"] for e in entries]
+        out[key] = {
+            "metric": first["metric"], "unit": first["unit"], "coef": first["coef"],
+            "reversed_coef": first["reversed_coef"], "seeds": list(per_policy),
+            "baseline": [e["baseline"] for e in entries], "steered": [e["steered"] for e in entries],
+            "difference": pool(diffs, [e["ci"][0] for e in entries], [e["ci"][1] for e in entries]),
+            "reversed_difference": pool(flipped, [e["reversed_ci"][0] for e in entries],
+                                        [e["reversed_ci"][1] for e in entries]),
+            "n_outside_nulls": sum(all(n["p_value"] <= 0.05 for n in e["null"].values()) for e in entries),
+            "n_sign_specific": sum(e["sign_specific"] for e in entries),
+            "n_random": {null: n["n"] for null, n in first["null"].items()},
+        }  # fmt: skip
+    return out
+
+
+def _steering_findings(pooled: dict) -> list[str]:
     lines = []
-    for key, e in _steering_summary(table).items():
+    for key, e in pooled.items():
         spec, metric = key.rsplit(" ", 1)
-        scale = 1.0 if e["unit"] == "steps" else 100.0
-        unit = " steps" if e["unit"] == "steps" else " points"
-        nulls = "; ".join(
-            f"{null} null ({n['n']} random vectors: {steered_text(e, *n['steered_range'], sep=' to ')}): percentile "
-            f"{n['percentile']:.0f}, p = {n['p_value']:.2g} (x {e['reversed_coef']:+g}: {n['reversed_percentile']:.0f})"
-            for null, n in e["null"].items()
-        )
-        outside = all(n["p_value"] <= 0.05 for n in e["null"].values())
+        n = len(e["seeds"])
+        scale, unit = (1.0, " steps") if e["unit"] == "steps" else (100.0, " points")
+        d, r = seed_text(e["difference"], scale, unit, 1), seed_text(e["reversed_difference"], scale, unit, 1)
+        below, above = e["difference"]["n_below_zero"], e["difference"]["n_above_zero"]
+        nulls = " and ".join(f"{k} ({v} random vectors)" for k, v in e["n_random"].items())
         verdict = (
-            f"outside the nulls and sign-specific (at x {e['reversed_coef']:+g} it does not move the metric the same "
-            "way)" if e["sign_specific"]
-            else f"outside the nulls but not sign-specific: at x {e['reversed_coef']:+g} it moves the metric the same "
-            "way, beyond the nulls' quartile"
-            if outside else f"inside the {inside_nulls(e['null'])}: no more than a random vector of its size does"
+            "the direction moves behaviour beyond random directions of its size, and by its sign, in every seed"
+            if e["n_sign_specific"] == n
+            else "outside the nulls in every seed but not sign-specific in all: adding the vector moves the metric "
+            "the same way in some seeds" if e["n_outside_nulls"] == n
+            else f"inside a null in {n - e['n_outside_nulls']} of {n} seeds: not shown to beat a random vector of "
+            "its size"
         )  # fmt: skip
         lines.append(
-            f"{name}, {spec} x {e['coef']:+g} at {STEER_HOOK}: {metric} {steered_text(e, e['baseline'], e['steered'])} "
-            f"(difference 95% CI {e['ci'][0] * scale:+.1f} to {e['ci'][1] * scale:+.1f}{unit}); at x "
-            f"{e['reversed_coef']:+g}: {steered_text(e, e['reversed_steered'])}; {nulls}. Verdict: {verdict}."
+            f"trash-cnn ({n} seeds), {spec} x {e['coef']:+g} at {STEER_HOOK}: {metric} moves by {d} (mean over "
+            f"seeds, t-interval; per-seed intervals below 0 in {below}, above 0 in {above}); "
+            f"at x {e['reversed_coef']:+g} by {r}. Outside the {nulls} in {e['n_outside_nulls']} of {n} seeds, "
+            f"sign-specific in {e['n_sign_specific']}. Verdict: {verdict}.{seeds_caveat(n)}"
         )
     return lines
 
 
 def _steering_figure(table: pd.DataFrame) -> go.Figure:
+    """Per steered (vector, metric): each seed's steered value (the vector at +coef and at -coef) beside that seed's
+    random vectors (both nulls pooled) and the unsteered value."""
     rows = table[table.metric != "steps_to_trash"]
+    key = rows.vector + " " + rows.metric
     fig = go.Figure()
-    colours = {"norm": "grey", "profile": "orange"}
-    for null, group in rows[rows.kind == "random"].groupby("null", sort=False):
-        fig.add_box(x=[f"{v} {m}" for v, m in zip(group.vector, group.metric, strict=True)], y=group.steered,
-                    name=f"random vectors, same {'norm' if null == 'norm' else 'norm per cell'}", boxpoints="all",
-                    marker_color=colours.get(null, "grey"), opacity=0.6)  # fmt: skip
-    for reversed_, symbol, label in ((False, "diamond", "steered"), (True, "x", "steered at -coef")):
+    random = rows[rows.kind == "random"]
+    fig.add_box(x=key[random.index], y=random.steered, name="random vectors (both nulls, every seed)",
+                boxpoints="all", marker_color="grey", opacity=0.5)  # fmt: skip
+    for reversed_, symbol, label in ((False, "diamond", "the vector"), (True, "x", "the vector at -coef")):
         mine = rows[(rows.kind == "factor") & (rows.reversed == reversed_)]
-        fig.add_scatter(x=[f"{v} {m}" for v, m in zip(mine.vector, mine.metric, strict=True)], y=mine.steered,
-                        mode="markers", marker={"symbol": symbol, "size": 12}, name=f"{label}: the vector")  # fmt: skip
-    base = rows.drop_duplicates(["vector", "metric"])
-    fig.add_scatter(x=[f"{v} {m}" for v, m in zip(base.vector, base.metric, strict=True)], y=base.baseline,
-                    mode="markers", marker={"symbol": "line-ew-open", "size": 30, "color": "black"},
-                    name="unsteered")  # fmt: skip
-    fig.update_layout(title="E1: steering the TrashGrid CNN (trash vector subtracted; trash-at-cell vectors added), "
-                      "beside random vectors and the vector at -coef", boxmode="group", yaxis_title="rate",
-                      yaxis_range=[0, 1], height=420)  # fmt: skip
+        fig.add_scatter(x=key[mine.index], y=mine.steered, mode="markers", marker={"symbol": symbol, "size": 11},
+                        name=label, text=mine.policy)  # fmt: skip
+    base = rows[rows.kind == "factor"].drop_duplicates(["policy", "vector", "metric"])
+    fig.add_scatter(x=key[base.index], y=base.baseline, mode="markers", text=base.policy, name="unsteered",
+                    marker={"symbol": "line-ew-open", "size": 24, "color": "black"})  # fmt: skip
+    fig.update_layout(title="E1: steering the TrashGrid CNNs (one point per seed), beside random vectors of the same "
+                      "norm and the vector at -coef", yaxis_title="rate", yaxis_range=[0, 1], height=420)  # fmt: skip
     return fig
 
 
-def _describe(row) -> dict | None:
-    if row is None:
-        return None
-    return {"label": row.label, "hook": row.hook, "metric": row.metric, "value": float(row.value),
-            "selectivity": float(row.selectivity)}  # fmt: skip
+def _gap_figure(gaps: pd.DataFrame, chosen: pd.DataFrame) -> go.Figure:
+    """Per seed: the selectivity gap (task minus reward side) and each conditional gain, with their intervals."""
+    fig = go.Figure()
+    above, below = gaps.selectivity_ci_high - gaps.selectivity_gap, gaps.selectivity_gap - gaps.selectivity_ci_low
+    fig.add_scatter(x=gaps.policy, y=gaps.selectivity_gap, mode="markers", name="selectivity gap: task - reward",
+                    error_y={"type": "data", "symmetric": False, "array": above, "arrayminus": below})  # fmt: skip
+    for label, rows in chosen.groupby("label", sort=False):
+        fig.add_scatter(x=rows.policy, y=rows.gain, mode="markers", name=f"{label}: gain beyond the task labels",
+                        error_y={"type": "data", "symmetric": False, "array": rows.gain_ci_high - rows.gain,
+                                 "arrayminus": rows.gain - rows.gain_ci_low})  # fmt: skip
+    fig.add_hline(y=0, line_color="black", line_width=1)
+    fig.update_layout(title="E1: task-side minus reward-side selectivity, and what activations add to reward labels "
+                      "beyond the task labels (info_gain, 95% episode-bootstrap intervals, one point per seed)",
+                      yaxis_title="info_gain", height=420)  # fmt: skip
+    return fig
 
 
 def _selectivity_figure(table: pd.DataFrame) -> go.Figure:

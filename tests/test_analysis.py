@@ -104,3 +104,44 @@ def test_scripts_run_as_files_and_name_missing_series(tmp_path):
     assert {"trained", "step 0", "random walk"} == set(seeds.kind) and seeds.decoy_share.between(0, 1).all()
     with pytest.raises(CheckpointError, match="checkpoints/make.py --only redgoal-cnn-s0"):
         e4_redgoal.run(tmp_path / "empty")
+
+
+def test_e1_pools_seeds_with_a_t_interval_and_chooses_conditional_hooks_on_validation():
+    from analysis import e1_trash
+
+    pooled = e1_trash.pool([0.1, 0.2, 0.3, 0.2, 0.2], [0.05, -0.1, 0.2, 0.1, 0.01], [0.2, 0.3, 0.4, 0.3, 0.3])
+    assert pooled["n_seeds"] == 5 and pooled["mean"] == pytest.approx(0.2)
+    half = 2.776445 * 0.0707107 / 5**0.5  # t(4) quantile x sd / sqrt(n)
+    assert [pooled["ci_low"], pooled["ci_high"]] == pytest.approx([0.2 - half, 0.2 + half], rel=1e-3)
+    assert (pooled["n_above_zero"], pooled["n_below_zero"]) == (4, 0)
+    one = e1_trash.pool([0.3], [0.1], [0.5])
+    assert one["ci_low"] != one["ci_low"] and "one seed" in e1_trash.seed_text(one)
+    # hook b has the best test gain but the worst validation gain: the choice is a, never chosen on test
+    table = pd.DataFrame({"policy": ["p"] * 3, "label": ["reward_within_k"] * 3, "hook": ["a", "b", "c"],
+                          "probe": ["logistic"] * 3, "metric": ["info_gain"] * 3, "val_given": [0.5] * 3,
+                          "val_value": [0.6, 0.4, 0.55], "given_value": [0.5] * 3, "value": [0.52, 0.9, 0.5],
+                          "gain": [0.02, 0.4, 0.0], "gain_ci_low": [0.0, 0.3, -0.1],
+                          "gain_ci_high": [0.04, 0.5, 0.1]})  # fmt: skip
+    chosen = e1_trash.chosen_conditional(table)
+    assert list(chosen.hook) == ["a"] and chosen.gain.iloc[0] == pytest.approx(0.02)
+
+
+def test_e1_steering_pools_per_seed_effects_and_counts_the_seeds_beyond_every_null():
+    from analysis import e1_trash
+
+    def seed(steered, p_norm, sign_specific):
+        return {"trash deposit_rate": {"metric": "deposit_rate", "unit": "rate", "coef": -3.0, "baseline": 0.9,
+                                       "steered": steered, "ci": [steered - 0.95, steered - 0.85],
+                                       "reversed_coef": 3.0, "reversed_steered": 0.88, "reversed_ci": [-0.05, 0.01],
+                                       "sign_specific": sign_specific,
+                                       "null": {"norm": {"n": 20, "p_value": p_norm},
+                                                "profile": {"n": 20, "p_value": 0.048}}}}  # fmt: skip
+
+    pooled = e1_trash._pool_steering({"s0": seed(0.5, 0.048, True), "s1": seed(0.7, 0.3, False),
+                                      "s2": seed(0.6, 0.048, False)})  # fmt: skip
+    entry = pooled["trash deposit_rate"]
+    assert entry["difference"]["mean"] == pytest.approx(-0.3) and entry["difference"]["n_below_zero"] == 3
+    assert (entry["n_outside_nulls"], entry["n_sign_specific"]) == (2, 1)
+    (line,) = e1_trash._steering_findings(pooled)
+    assert "-30.0" in line and "in 2 of 3 seeds" in line and "inside a null in 1 of 3 seeds" in line
+    assert "Only 3 seed(s)" in line  # fewer seeds than a claim about the recipe needs, said in the finding
