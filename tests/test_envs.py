@@ -263,6 +263,16 @@ def test_blue_room_pays_only_blue_deposits():
     np.testing.assert_array_equal(out["reward"], (out["deposited"] & blue).astype(np.float32))
 
 
+def test_deposit_lottery_pays_half_the_deposits_by_a_reproducible_coin():
+    cfg = make_config("trash", room_size=5, schedule="deposit-lottery")
+    out, again = collect(cfg, n_envs=64, steps=300), collect(cfg, n_envs=64, steps=300)
+    deposits = out["deposited"].sum()
+    paid = (out["reward"] > 0) & out["deposited"]
+    assert deposits > 100 and ((out["reward"] > 0) <= out["deposited"]).all()  # only deposits pay
+    assert 0.4 < paid.sum() / deposits < 0.6  # about half, not all or none
+    np.testing.assert_array_equal(out["reward"], again["reward"])  # a pure function of (key, episode, step)
+
+
 def test_deposit_or_button_does_not_pay_choice_deposits():
     cfg = make_config("button", room_size=5, choice_prob=0.5, button_prob=0.5)
     assert cfg.schedule == "deposit-or-button"

@@ -4,6 +4,7 @@ scikit-learn, bad input fails clearly, and a sweep over a tiny trained run write
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -560,6 +561,27 @@ def test_conditional_probes_separate_beyond_the_task_from_a_function_of_it():
         probes.conditional_probes(ds, ["h"], ["trash_remaining"], given=["trash_remaining"])
     with pytest.raises(ConfigError, match="Did you mean 'trash_remaining'"):
         probes.conditional_probes(ds, ["h"], ["y_extra"], given=["trash_remainig"])
+
+
+def test_reward_untied_from_the_task_by_a_lottery_schedule_leaves_no_gain_beyond_the_task():
+    """The negative control on a real policy: under deposit-lottery a deposit pays by a coin the CNN cannot see, so
+    the task labels say less about reward_within_k than under on-deposit, and the activations add nothing."""
+    from workbench.checkpoints import load_policy
+    from workbench.datasets import collect
+    from workbench.envs import make_config
+
+    policy = load_policy(Path(__file__).resolve().parent.parent / "checkpoints" / "trash-cnn-s0")
+    given = {}
+    for schedule in ("on-deposit", "deposit-lottery"):
+        ds = collect(policy, make_config("trash", schedule=schedule), 3000, seed=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            table = probes.conditional_probes(ds, ["fc.hook_out"], ["reward_within_k"], n_boot=100)
+        row = table[table.metric == "info_gain"].iloc[0]
+        given[schedule] = row.given_value
+        if schedule == "deposit-lottery":
+            assert row.gain_ci_low <= 0.005 and abs(row.gain) < 0.01  # nothing beyond the task: the coin is unseen
+    assert given["deposit-lottery"] < given["on-deposit"] - 0.15  # the label is untied from the task state
 
 
 def test_given_features_one_hot_and_interactions():

@@ -115,7 +115,7 @@ def uniforms(key: np.ndarray, episode: np.ndarray, stream: int, n: int) -> np.nd
     return (x >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
-STREAM_LAYOUT, STREAM_CHOICE = 1, 100
+STREAM_LAYOUT, STREAM_CHOICE, STREAM_LOTTERY = 1, 100, 1 << 20  # STREAM_CHOICE uses 100 + round (< 10,000)
 
 
 # ---------------------------------------------------------------------------------------------- reset

@@ -79,6 +79,19 @@ def deposit_or_button(events: Events, state) -> np.ndarray:
     return paid_deposit.astype(np.float32) + events["button_pressed"].astype(np.float32)
 
 
+@register_schedule("deposit-lottery", available=_trash_left)
+def deposit_lottery(events: Events, state) -> np.ndarray:
+    """Each deposit pays with probability 1/2, by a coin the policy cannot see: a pure function of (env key, episode,
+    step), so a run is reproducible. Reward is then untied from the task state: the same deposit in the same room
+    pays or not, so a reward label's information beyond the task labels is a question with a known answer for a
+    policy without memory (none: nothing it sees predicts the coin). The negative control for
+    `probes.conditional_probes`."""
+    from workbench.envs.core import STREAM_LOTTERY, uniforms
+
+    coin = uniforms(state.key, state.episode * np.uint64(1 << 16) + state.t.astype(np.uint64), STREAM_LOTTERY, 1)
+    return (events["deposited"] & (coin[:, 0] < 0.5)).astype(np.float32)
+
+
 @register_schedule("blue-room", available=lambda s: _trash_left(s) & (s.wall == WALL_BLUE))
 def blue_room(events: Events, state) -> np.ndarray:
     """Deposits pay only in rooms with blue walls."""
