@@ -28,10 +28,10 @@ Declared test (fixed before it was run on the bundled series):
 - p-value: two-sided permutation test, `scipy.stats.permutation_test` with 9,999 random pairings, each seed's
   stretches permuted within that seed;
 - family: the four features' primary tests, Holm-adjusted, at alpha 0.05;
-- power (by simulation, `workbench.tracer.min_detectable_rho`): with 9 stretches per seed (10 checkpoints) and 3
-  seeds the mean-rho test detects a population Spearman rho of 0.57 with 80% power at alpha 0.05 (0.66 at 0.0125,
-  Holm's strictest step); one seed alone needs 0.83 (0.91). A weaker real association would likely be missed;
-  the summary recomputes these for the stretches actually present.
+- power (by simulation, `workbench.tracer.min_detectable_rho`): with 15 stretches per seed (the bundled traced
+  series' 16 checkpoints) and 3 seeds the mean-rho test detects a population Spearman rho of 0.44 with 80% power at
+  alpha 0.05 (0.52 at 0.0125, Holm's strictest step); one seed alone needs 0.69 (0.78); with 10 checkpoints it was
+  0.57. A weaker real association would likely be missed; the summary recomputes these for the stretches present.
 - what it cannot show: in every seed the reward rate rises with training time, so an association across stretches
   is one with training progress as much as with reward; the summary gives rho(reward rate, stretch midpoint) per
   seed as the size of that confound. Growth per env-step over the short early stretches (4,096 env-steps) is

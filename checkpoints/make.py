@@ -32,15 +32,23 @@ SERIES = {
     "redgoal-cnn-s0": ("redgoal-cnn", 0),
     "trash-transformer-s0": ("trash-transformer", 0),
     **{f"{regime}-s{seed}": (regime, seed) for regime in STUDY_REGIMES for seed in STUDY_SEEDS},
-    # More seeds for E1, E2 and E4: final checkpoints (and step 0). Not yet made (the counterbalanced E2 regime and
-    # more transformer seeds): blueroom-green-cnn-s0..s4 and trash-transformer-s1, -s2 (configs in workbench/train.py).
+    # More seeds for E1, E2 and E4: final checkpoints (and step 0), the counterbalanced E2 regime (green walls iff
+    # trash) over five seeds, and two more transformer seeds for E1.
     **{f"trash-cnn-s{seed}": ("trash-cnn", seed) for seed in (3, 4)},
     **{f"blueroom-cnn-s{seed}": ("blueroom-cnn", seed) for seed in (1, 2, 3, 4)},
     **{f"redgoal-cnn-s{seed}": ("redgoal-cnn", seed) for seed in (1, 2, 3, 4)},
+    **{f"blueroom-green-cnn-s{seed}": ("blueroom-green-cnn", seed) for seed in range(5)},
+    **{f"trash-transformer-s{seed}": ("trash-transformer", seed) for seed in (1, 2)},
 }
 # Series that keep only step 0, the first update and the final step (the size budget): the extra seeds.
-FINALS_ONLY = {name for name, (config, seed) in SERIES.items() if seed > 0 and not config.startswith("button-")} - {
-    "trash-cnn-s1", "trash-cnn-s2"}  # fmt: skip
+FINALS_ONLY = {
+    name for name, (config, seed) in SERIES.items()
+    if (seed > 0 or config == "blueroom-green-cnn") and not config.startswith("button-")
+} - {"trash-cnn-s1", "trash-cnn-s2"}  # fmt: skip
+# The series E5 traces (the chiseling tracer): denser checkpoints, so that each stretch between two is shorter. 18
+# asks for 16 distinct steps at 500k, a superset of the 10-checkpoint schedule's steps (so earlier figures stand).
+TRACED = {"trash-cnn-s0", "trash-cnn-s1", "trash-cnn-s2"}
+N_TRACED = 18
 # Full series (10 checkpoints) for seed 0 of each regime and the first three never-seen seeds (made before the study
 # grew); the other seeds keep step 0 (the step-0 control) and the final step.
 FULL_SERIES = {"button-never-s1", "button-never-s2", *(f"{regime}-s0" for regime in STUDY_REGIMES)}
@@ -54,6 +62,8 @@ def series_config(name: str):
     study = config_name in STUDY_REGIMES
     config.seed = seed
     config.n_checkpoints = 2 if (study and name not in FULL_SERIES) or name in FINALS_ONLY else N_CHECKPOINTS
+    if name in TRACED:
+        config.n_checkpoints = N_TRACED
     from workbench.choice import STUDY_LOOKS  # seed % 2 picks the look
 
     if study:
