@@ -90,20 +90,31 @@ def resamples_path(out: str | Path) -> Path:
     return stem.with_name(stem.name + ".resamples.safetensors")
 
 
-def save_resamples(resamples: Resamples, out: str | Path) -> Path:
+def save_resamples(resamples: Resamples, out: str | Path, commit_id: str | None = None) -> Path:
+    """Write the resamples beside the table `out`; `commit_id`: the id of the sweep's table and directions
+    (`probes.sweep.write_outputs`), checked by `load_resamples`."""
     index = json.dumps([list(k) for k in resamples.keys])
-    data = st_save({"values": torch.as_tensor(resamples.values).contiguous()}, metadata={"index": index})
+    metadata = {"index": index, **({"commit_id": commit_id} if commit_id else {})}
+    data = st_save({"values": torch.as_tensor(resamples.values).contiguous()}, metadata=metadata)
     return atomic_write_bytes(resamples_path(out), data)
 
 
 def load_resamples(out: str | Path) -> Resamples:
+    """The resamples beside the table `out`; refused when they and the table carry different commit ids (an
+    interrupted sweep left one set's table beside another's resamples)."""
+    from probes.directions import table_commit_id
+
     path = resamples_path(out)
     if not path.exists():
         raise ProbeError(f"{path} is missing: the bootstrap resamples are written beside a probe table by "
                          "probe_sweep(..., out=...); re-run the sweep, or pass the ProbeResult.")  # fmt: skip
     with safe_open(str(path), "pt") as f:
-        values, index = f.get_tensor("values").numpy(), json.loads(f.metadata()["index"])
-    return Resamples([tuple(k) for k in index], values)
+        values, metadata = f.get_tensor("values").numpy(), f.metadata()
+    stamped, table = metadata.get("commit_id"), table_commit_id(out) if Path(out).is_file() else None
+    if stamped and table and stamped != table:
+        raise ProbeError(f"{path} (commit {stamped}) was written by another sweep than the table {out} (commit "
+                         f"{table}): a sweep was interrupted while committing; re-run it.")  # fmt: skip
+    return Resamples([tuple(k) for k in json.loads(metadata["index"])], values)
 
 
 # ---------------------------------------------------------------------------------------------- the gap

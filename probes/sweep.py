@@ -42,15 +42,20 @@ The table is tidy: one row per (step, hook, label, probe, metric, control).
                          value of a cell that lacks a class
     note                 why a label was skipped, or why a metric has no interval (or a map's many filled cells)
 
-With `out`, the table is written atomically as parquet and the probe directions (weights in the original
-activation basis, bias, standardisation; `probes.directions`) beside it, for steering and patching to reuse, and
-every probe's bootstrap resamples (`probes.resamples`), for paired intervals such as `probes.gap(out)`.
+With `out`, the table is written as parquet and the probe directions (weights in the original activation basis,
+bias, standardisation; `probes.directions`) beside it, for steering and patching to reuse, and every probe's
+bootstrap resamples (`probes.resamples`), for paired intervals such as `probes.gap(out)`. They are committed
+together (`write_outputs`): all staged under temporary names, then renamed, the table last, and the table and its
+directions share a commit id that `load_directions` checks. The output path is checked before any work, and every
+checkpoint of the series is opened and checked (`workbench.checkpoints.check_series`) before the collection, so a
+damaged checkpoint fails in seconds, not after the sweep's minutes of work.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,12 +64,13 @@ from pathlib import Path
 import pandas as pd
 
 from probes.controls import RandomInitDraws, control_task_targets, random_init_datasets, random_init_seeds_for
-from probes.directions import save_directions
+from probes.directions import COMMIT_KEY, directions_files, new_commit_id
 from probes.episodes import split_by_episode
 from probes.labels import resolve_labels
 from probes.probe import ProbeResult, default_hooks, score_hook, score_stack, tidy
-from probes.resamples import Resamples, save_resamples
-from workbench.io import atomic_write_bytes
+from probes.resamples import Resamples, resamples_path, save_resamples
+from workbench.guards import check_output
+from workbench.io import commit_files, fsync_dir, write_temp
 from workbench.threads import one_torch_thread
 
 
@@ -102,7 +108,7 @@ def probe_sweep(
     or GPU on cuda, per task; address: ray_address or RAY_ADDRESS), after collection and the random-init control
     here. The dataset goes to Ray's object store once and the checkpoints' weights with their tasks, so no node
     needs this machine's files. The table is the same as the local backend's."""
-    from workbench.checkpoints import list_steps, load_policy, resolve, step_stem
+    from workbench.checkpoints import check_series, list_steps, load_policy, resolve, step_stem
     from workbench.datasets import collect
     from workbench.distributed import BACKENDS
     from workbench.errors import unknown_name
@@ -112,8 +118,11 @@ def probe_sweep(
     if backend not in BACKENDS:  # before the collection, not after it
         raise unknown_name("backend", backend, BACKENDS)
     init_seeds = random_init_seeds_for(random_init_seeds, seed)
+    if out is not None:
+        check_output(out, option="out")  # before the work, not after it
     run_dir, step = resolve(run_or_ckpt)
     steps = list_steps(run_dir) if Path(run_or_ckpt).is_dir() else [step]
+    check_series(run_dir, steps)  # every checkpoint opened and checked now: a damaged one fails in seconds
     total = len(steps) + 2
     report = progress or (lambda what, done, total: None)
 
@@ -177,9 +186,7 @@ def probe_sweep(
     table = pd.concat(tables, ignore_index=True)
     resamples = Resamples.from_scores(list(zip(steps, scored, strict=True)))
     if out is not None:
-        save_directions(directions, out)
-        save_resamples(resamples, out)
-        write_table(table, out)  # last: a table on disk means its directions and resamples are there too
+        write_outputs(table, directions, resamples, out)
     return ProbeResult(table, directions, resamples) if result else table
 
 
@@ -228,7 +235,45 @@ def score_checkpoints(group: list[_Checkpoint], *, dataset, hooks, targets, spli
     return scores
 
 
-def write_table(table: pd.DataFrame, out: str | Path) -> Path:
+def table_bytes(table: pd.DataFrame, commit_id: str | None = None) -> bytes:
+    """The table as parquet, with `commit_id` in its metadata (the id its directions carry)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    if commit_id is not None:
+        arrow = arrow.replace_schema_metadata(
+            {**(arrow.schema.metadata or {}), COMMIT_KEY.encode(): commit_id.encode()}
+        )
     buffer = io.BytesIO()
-    table.to_parquet(buffer, index=False)
-    return atomic_write_bytes(out, buffer.getvalue())
+    pq.write_table(arrow, buffer)
+    return buffer.getvalue()
+
+
+def write_table(table: pd.DataFrame, out: str | Path, commit_id: str | None = None) -> Path:
+    return commit_files([(out, table_bytes(table, commit_id))])[0]
+
+
+def write_outputs(table: pd.DataFrame, directions: list, resamples: Resamples | None, out: str | Path) -> str:
+    """Commit a sweep's table, directions and resamples together: every file written under a temporary name
+    first, then renamed over its target, the table last, with one commit id in the table's metadata and in both
+    directions files. A kill before the renames leaves the old set; one during them, directions that
+    `load_directions` refuses beside the old table, never a silent mix. Returns the commit id."""
+    out = Path(out)
+    commit_id = new_commit_id()
+    staged: list[tuple[Path, Path]] = []  # (temporary file, target), in the order they are renamed
+    try:
+        for path, data in directions_files(directions, out, commit_id):
+            staged.append((write_temp(path, data), path))
+        if resamples is not None:  # probes.resamples writes its own file: under a temporary stem, renamed below
+            stem = out.with_name(f".{out.stem}.{commit_id[:12]}.tmp{out.suffix or '.parquet'}")
+            staged.append((Path(save_resamples(resamples, stem, commit_id)), resamples_path(out)))
+        staged.append((write_temp(out, table_bytes(table, commit_id)), out))  # last: the table commits the set
+        for tmp, target in staged:
+            os.replace(tmp, target)
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(out.parent)
+    return commit_id

@@ -802,7 +802,7 @@ def test_cli_writes_table_and_directions(tiny_run, tmp_path):
             "carrying,trash_map,reward,target_dir", "--steps", "1200", "--out", str(out)]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "best selectivity" in result.output and "carrying" in result.output
+    assert "best probe per label" in result.output and "carrying" in result.output
     table = pd.read_parquet(out)
     assert set(table.label) == {"carrying", "trash_map", "reward", "target_dir"} and set(table.step) == {512}
     assert out.with_name("cli.directions.safetensors").exists() and out.with_name("cli.directions.json").exists()

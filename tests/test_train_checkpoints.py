@@ -175,7 +175,7 @@ def test_resume_continues_to_the_target(run_dir, tmp_path):
     train(longer, copy, resume=True, device="cpu")
     steps = ckpt.list_steps(copy)
     assert steps[-1] == 2048 and 1024 in steps
-    assert ckpt.read_run(copy)["total_steps"] == 1024  # run.json keeps the original config
+    assert ckpt.read_run(copy)["total_steps"] == 2048  # run.json says where the series now ends
 
 
 TRAIN_CMD = [sys.executable, "-m", "workbench.cli", "train", "--quiet", "--policy", "cnn", "-o", "room_size=5",

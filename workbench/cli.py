@@ -9,26 +9,115 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperGroup
 
-from workbench.errors import WorkbenchError
+from workbench import guards
+from workbench.errors import ConfigError, WorkbenchError
 from workbench.progress import Progress
+
+console = Console(stderr=True, soft_wrap=True)
+
+
+class OneLineErrors(TyperGroup):
+    """The command group: every refusal is one line on stderr and exit status 2, never a traceback. That covers
+    usage errors (a bad option value, with the option and its range), the workbench's own errors, a path or port
+    the OS refuses (naming it and the fix) and running out of memory. Anything else is a bug and shows in full."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:  # a caller that handles errors itself
+            return super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False,
+                                **extra)  # fmt: skip
+        try:
+            code = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False,
+                                **extra)  # fmt: skip
+        except Exception as err:
+            ending = refuse(err)
+            if ending is err:
+                raise  # not a known input failure: a bug, shown in full
+            raise ending from err
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def one_line(message: str) -> None:
+    console.print(f"[bold red]error:[/] {escape(str(message))}")
+
+
+def refuse(err: BaseException) -> BaseException:
+    """The exception that ends the command for `err`: a SystemExit(2) after one line on stderr for a known input
+    failure (for a WorkbenchError, one that is also an instance of its class, so that callers in the same process
+    still see what was refused), or `err` itself, unchanged, for anything else."""
+    from typer._click import exceptions as click_errors
+
+    if isinstance(err, click_errors.NoArgsIsHelpError):
+        err.show()
+        return SystemExit(err.exit_code)
+    if isinstance(err, typer.Abort):
+        console.print("Aborted.")
+        return SystemExit(1)
+    if isinstance(err, click_errors.ClickException):
+        hint = ""
+        if isinstance(err, click_errors.UsageError) and err.ctx is not None:
+            hint = f" (`{err.ctx.command_path} --help` lists the options)"
+        one_line(err.format_message() + hint)
+        if isinstance(err, guards.BadValue):  # a value out of range: the workbench's ConfigError, in process too
+            return _exit_as(ConfigError(err.format_message()))
+        return SystemExit(err.exit_code)
+    if isinstance(err, WorkbenchError):
+        one_line(str(err))
+        return _exit_as(err)
+    if isinstance(err, OSError) and (message := guards.describe_os_error(err)):
+        one_line(message)
+        return SystemExit(2)
+    if isinstance(err, MemoryError):
+        one_line("ran out of memory: ask for less (a smaller --steps, --episodes or --pairs), or free some memory.")
+        return SystemExit(2)
+    return err
+
+
+_EXITS: dict[type, type] = {}
+
+
+def _exit_as(err: WorkbenchError) -> SystemExit:
+    """SystemExit(2) that is also an instance of err's class, with its message."""
+    kind = type(err)
+    if kind not in _EXITS:
+        try:
+            _EXITS[kind] = type(f"Refused{kind.__name__}", (SystemExit, kind), {})
+        except TypeError:  # a class whose layout cannot be combined with SystemExit's
+            _EXITS[kind] = SystemExit
+    cls = _EXITS[kind]
+    if cls is SystemExit:
+        return SystemExit(2)
+    exit_ = cls.__new__(cls, *err.args)
+    exit_.__dict__.update(err.__dict__)
+    exit_.code = 2
+    return exit_
+
 
 app = typer.Typer(
     help="reward-workbench: train small RL policies, open them up, test what reward chiselled into them.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    cls=OneLineErrors,
 )
-console = Console(stderr=True, soft_wrap=True)
+
+# Ranges of the numeric options, checked where typer parses them (guards.count: an integer, 1e6 form accepted).
+SEED = guards.seed()
+EPISODES_MAX = 10_000_000  # besides the memory check, which is what usually refuses first
+PAIRS_MAX = 10_000_000
 
 
 def main() -> None:
-    """Console entry point: WorkbenchErrors become one clear line and exit status 2, not a traceback."""
-    try:
-        app()
-    except WorkbenchError as err:
-        console.print(f"[bold red]error:[/] {err}")
-        sys.exit(2)
+    """Console entry point: every known failure becomes one clear line and exit status 2 (see OneLineErrors)."""
+    app()
+
+
+def parse_options(pairs: list[str], option: str = "-o") -> dict:
+    """`-o key=value` env options: typed per EnvConfig field (null, NaN and true-for-a-number refused), max_steps
+    capped (guards.MAX_EPISODE_STEPS); other keys (a MiniGrid env's kwargs) as JSON values or text."""
+    return guards.parse_pairs(pairs, option, guards.env_types())
 
 
 @app.command()
@@ -48,8 +137,8 @@ def envs() -> None:
 @app.command()
 def render(
     variant: str = typer.Argument("trash", help="trash | blueroom | button | redgoal"),
-    steps: int = typer.Option(12, help="steps of the random rollout"),
-    seed: int = typer.Option(0),
+    steps: int = typer.Option(12, help="steps of the random rollout (0-1000)", parser=guards.count("--steps", 0, 1000)),
+    seed: int = typer.Option(0, parser=SEED),
     out: Path = typer.Option(None, help="also write the frames side by side as a PNG"),
     option: list[str] = typer.Option([], "--option", "-o", help="env option as key=value, repeatable"),
 ) -> None:
@@ -62,6 +151,7 @@ def render(
     from workbench.envs import BatchEnv
     from workbench.io import atomic_write_bytes, png_bytes
 
+    guards.check_output(out)
     env = BatchEnv(variant, n_envs=1, seed=seed, **parse_options(option))
     rng = np.random.default_rng(seed)
     frames = [env.render_rgb(0, scale=8)]
@@ -79,20 +169,6 @@ def render(
         strip = np.concatenate([np.pad(f, ((2, 2), (2, 2), (0, 0)), constant_values=255) for f in frames], axis=1)
         atomic_write_bytes(out, png_bytes(strip))
         console.print(f"wrote {out}")
-
-
-def parse_options(pairs: list[str]) -> dict:
-    """`key=value` strings to env options; numbers become numbers."""
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise WorkbenchError(f"option {pair!r} is not key=value: write e.g. -o room_size=9")
-        try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key] = value
-    return options
 
 
 @app.command()
@@ -136,13 +212,21 @@ def train(
     ),  # fmt: skip
     env: str = typer.Option(None, help="variant: trash | blueroom | button | redgoal"),
     policy: str = typer.Option(None, help="cnn | transformer (without --config: its tuned trash-<policy> settings)"),
-    steps: int = typer.Option(None, help="total env-steps"),
-    seed: int = typer.Option(None),
+    steps: int = typer.Option(
+        None, help="total env-steps (1e6 form accepted)", parser=guards.count("--steps", 1, 10**12)
+    ),
+    seed: int = typer.Option(None, parser=SEED),
     schedule: str = typer.Option(None, help="reward schedule (see `workbench envs`)"),
     option: list[str] = typer.Option([], "--option", "-o", help="env option key=value, repeatable"),
     ppo: list[str] = typer.Option([], "--ppo", help="PPO setting key=value (n_envs, n_steps, batch_size, ...)"),
-    checkpoints: int = typer.Option(None, help="checkpoints in the series (log-spaced, step 0 included)"),
-    eval_episodes: int = typer.Option(None, help="evaluation episodes per checkpoint"),
+    checkpoints: int = typer.Option(
+        None,
+        help="checkpoints in the series (log-spaced, step 0 included; 2-1000)",
+        parser=guards.count("--checkpoints", 2, 1000),
+    ),  # fmt: skip
+    eval_episodes: int = typer.Option(
+        None, help="evaluation episodes per checkpoint", parser=guards.count("--eval-episodes", 1, 100_000)
+    ),
     resume: bool = typer.Option(False, "--resume", help="continue `out` from its latest checkpoint"),
     device: str = typer.Option("auto", help="cpu | cuda | auto"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar or progress lines (for scripts)"),
@@ -157,29 +241,41 @@ def train(
     Example: workbench train --config trash-cnn --seeds 0,1,2 --backend ray --out runs/trash-cnn
     """
     from workbench import train as training
+    from workbench.distributed import parse_seeds, seed_run_dir
 
+    seed_list = (
+        None if seeds is None else [guards.check_int(s, "--seeds", 0, guards.SEED_MAX) for s in parse_seeds(seeds)]
+    )
+    guards.check_outputs([out] if seed_list is None else [seed_run_dir(out, s) for s in seed_list], kind="dir")
     if policy is not None and policy not in training.POLICIES:
         from workbench.errors import unknown_name
 
         raise unknown_name("policy", policy, training.POLICIES)
-    # Without --config, start from the tuned settings of the chosen policy (trash-cnn / trash-transformer).
-    cfg = training.named_config(config or f"trash-{policy or 'cnn'}")
+    if resume and seed_list is None and config is None and (out / "run.json").is_file():
+        # Resuming: start from the run's own config, so that only the options given are compared with it (and a
+        # different one is refused by train()); the others need not be repeated.
+        cfg = training.config_from_run(out)
+        if policy is not None:
+            cfg.policy = {**cfg.policy, "arch": policy}
+    else:
+        # Without --config, start from the tuned settings of the chosen policy (trash-cnn / trash-transformer).
+        cfg = training.named_config(config or f"trash-{policy or 'cnn'}")
     if env:
         cfg.env = {"variant": env}
     cfg.env.update(parse_options(option))
     if schedule:
         cfg.env["schedule"] = schedule
-    cfg.ppo.update(parse_options(ppo))
+    cfg.ppo.update(guards.parse_pairs(ppo, "--ppo", guards.PPO_TYPES))
     for name, value in (("total_steps", steps), ("seed", seed), ("n_checkpoints", checkpoints),
                         ("eval_episodes", eval_episodes)):  # fmt: skip
         if value is not None:
             setattr(cfg, name, value)
     if seeds is not None or backend != "local":
-        from workbench.distributed import parse_seeds, train_seeds
+        from workbench.distributed import train_seeds
 
         if seeds is not None and seed is not None:
             raise WorkbenchError("--seed and --seeds: pass one of them.")
-        run_dirs = train_seeds(cfg, None if seeds is None else parse_seeds(seeds), out, backend=backend, device=device,
+        run_dirs = train_seeds(cfg, seed_list, out, backend=backend, device=device,
                                resume=resume, address=ray_address,
                                progress=lambda done, total: console.print(f"trained {done}/{total} runs"))  # fmt: skip
     else:
@@ -250,6 +346,7 @@ def import_sb3_(
     from workbench.checkpoints import load_policy
     from workbench.sb3_import import import_sb3
 
+    guards.check_output(out, kind="dir")
     run = import_sb3(model, out, env=env, obs_kind=obs_kind, env_kwargs=parse_options(option))
     policy = load_policy(run)
     spec = policy.config()["sb3"]
@@ -269,8 +366,12 @@ def eval_(
         ..., help="run directories or step-*.safetensors (several: seeds of one config), or scripted:NAME"
     ),
     env: str = typer.Option(None, help="variant, or MiniGrid env id for an imported run (default: the run's own)"),
-    episodes: int = typer.Option(200, help="evaluation episodes (per distribution)"),
-    seed: int = typer.Option(12345, help="seed of the evaluation episodes"),
+    episodes: int = typer.Option(
+        200,
+        help="evaluation episodes (per distribution)",
+        parser=guards.count("--episodes", 1, EPISODES_MAX, "episode"),
+    ),
+    seed: int = typer.Option(12345, help="seed of the evaluation episodes", parser=SEED),
     option: list[str] = typer.Option([], "--option", "-o", help="env option key=value, repeatable"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
     out: Annotated[Path | None, typer.Option("--out", help="also write the tidy behaviour table (parquet)")] = None,
@@ -288,10 +389,11 @@ def eval_(
     import pandas as pd
 
     from workbench.behaviour import across_seeds, behaviour_table, check_same_config, load_subject, variant_config
-    from workbench.evaluate import check_policy_fits, evaluate
+    from workbench.evaluate import check_policy_fits, check_rollout_memory, evaluate
 
     if isinstance(checkpoints, str | Path):
         checkpoints = [checkpoints]  # called from Python (demo) with one run
+    guards.check_output(out)
     specs = [m for c in map(str, checkpoints) for m in (sorted(glob.glob(c)) if glob.has_magic(c) else [c])]
     if not specs:
         raise WorkbenchError(f"no run directory matches {' '.join(map(str, checkpoints))}: check the pattern.")
@@ -315,6 +417,7 @@ def eval_(
 
             cfg = _minigrid_env(info["env"], env, options)
             minigrid_world.check_policy_fits(policy, cfg)
+            check_rollout_memory(policy, episodes)
             summary = {"checkpoint": info["run"], "step": info["step"], "env": cfg.to_dict()}
             played = minigrid_world.rollout_episodes(policy, cfg, episodes, seed)
             if len(subjects) == 1:
@@ -424,8 +527,10 @@ def _print_behaviour(table, across: bool) -> None:
 @app.command("choice-test")
 def choice_test(
     checkpoint: str = typer.Argument(..., help="run directory, step-*.safetensors, or scripted:button|task|red|random"),
-    episodes: int = typer.Option(500, help="choice episodes"),
-    seed: int = typer.Option(12345, help="seed of the episodes"),
+    episodes: int = typer.Option(
+        500, help="choice episodes", parser=guards.count("--episodes", 1, EPISODES_MAX, "episode")
+    ),
+    seed: int = typer.Option(12345, help="seed of the episodes", parser=SEED),
     option: list[str] = typer.Option(
         [],
         "--option",
@@ -485,6 +590,8 @@ def demo(
     from analysis.common import CHECKPOINTS
     from analysis.demo import run_all
 
+    guards.check_output(out, kind="dir")
+
     with Progress("demo", console, spinner=True) as update:
         update("E1-E5 on the bundled checkpoints")
         _, table, path = run_all(checkpoints or CHECKPOINTS, out, quick, progress=update)
@@ -507,8 +614,15 @@ def probe(
     labels: list[str] = typer.Option(
         [], "--labels", help="label names, repeatable or comma-separated (default: the reward and task sets)"
     ),
-    steps: int = typer.Option(20_000, "--steps", help="observations to collect with the last checkpoint"),
-    seed: int = typer.Option(0, help="seed of the rollout, the episode split, the controls and the bootstrap"),
+    steps: int = typer.Option(
+        20_000,
+        "--steps",
+        help="observations to collect with the last checkpoint (1e5 form accepted)",
+        parser=guards.count("--steps", 1, 10**9),
+    ),  # fmt: skip
+    seed: int = typer.Option(
+        0, help="seed of the rollout, the episode split, the controls and the bootstrap", parser=SEED
+    ),
     device: str = typer.Option("cpu", help="cpu | cuda"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar or progress lines (for scripts)"),
     backend: str = typer.Option("local", help="local | ray: checkpoints as Ray tasks (needs the ray extra)"),
@@ -522,23 +636,26 @@ def probe(
     from rich.table import Table
 
     from probes import probe_sweep, summary
+    from probes.directions import paths as direction_paths
+    from probes.resamples import resamples_path
     from workbench.train import resolve_device
 
-    def names(values: list[str]) -> list[str] | None:
-        split = [name.strip() for value in values for name in value.split(",") if name.strip()]
-        return split or None
-
-    kwargs = dict(hooks=names(hooks), labels=names(labels), n_steps=steps, seed=seed,
+    guards.check_output(out, companions=(*direction_paths(out), resamples_path(out)))
+    hook_names, label_names = guards.names(hooks, "--hooks"), guards.names(labels, "--labels")
+    _check_probe_memory(run_or_ckpt, hook_names, steps)
+    kwargs = dict(hooks=hook_names, labels=label_names, n_steps=steps, seed=seed,
                   device=resolve_device(device), out=out, backend=backend, ray_address=ray_address)  # fmt: skip
     with Progress("probe", console, quiet=quiet) as update:
         table = probe_sweep(run_or_ckpt, progress=update, **kwargs)
     best = summary(table)
-    view = Table(title=f"best selectivity per label (score - highest control) — {out}")
-    for column in ("label", "set", "metric", "step", "hook", "probe", "score", "selectivity"):
-        view.add_column(column, justify="right" if column in ("step", "score", "selectivity") else "left")
+    metric = best.metric.iloc[0] if len(best) else "info_gain"
+    view = Table(title=f"best probe per label: chosen on validation selectivity; test {metric} and selectivity (score "
+                       f"- highest control) — {out}")  # fmt: skip
+    for column in ("label", "set", "step", "hook", "probe", "test score", "95% CI", "selectivity"):
+        view.add_column(column, justify="right" if column in ("step", "test score", "selectivity") else "left")
     for row in best.itertuples():
-        view.add_row(row.label, row.label_set, row.metric, str(row.step), row.hook, row.probe, f"{row.value:.3f}",
-                     f"{row.selectivity:+.3f}")  # fmt: skip
+        view.add_row(row.label, row.label_set, str(row.step), row.hook, row.probe, f"{row.value:.3f}",
+                     f"[{row.ci_low:.3f}, {row.ci_high:.3f}]", f"{row.selectivity:+.3f}")  # fmt: skip
     Console().print(view)
     skipped = table.loc[table["metric"] == "skipped", "note"].unique()
     for note in skipped:
@@ -546,8 +663,25 @@ def probe(
     console.print(f"wrote {out} ({len(table)} rows) and its directions beside it")
 
 
-def _split_names(values: list[str]) -> list[str]:
-    return [name.strip() for value in values for name in value.split(",") if name.strip()]
+def _check_probe_memory(run_or_ckpt: Path, hooks: list[str] | None, steps: int) -> None:
+    """Refuse `probe --steps` whose dataset and fits cannot fit in memory, before the collection: per observation,
+    the dataset's row (datasets.dataset_row_bytes: stored activations, pixels, labels), a random-init replay's
+    activations beside it, the float32 activations read for a fit, and ~6 float32 copies of the widest design while
+    it is fitted (probes.sweep's own figure for its stacks)."""
+    import math
+
+    from probes.probe import default_hooks
+    from workbench.checkpoints import load_policy
+    from workbench.datasets import dataset_row_bytes
+    from workbench.policies import hook_shapes
+
+    policy = load_policy(run_or_ckpt)
+    shapes = hook_shapes(policy)
+    chosen = default_hooks(list(shapes), hooks)
+    widest = max((math.prod(shapes[h]) for h in chosen if h in shapes), default=0)
+    row = dataset_row_bytes(policy, chosen)
+    per_step = 2 * row + 4 * widest + 6 * 4 * widest
+    guards.check_memory(steps * per_step, f"probe --steps {steps:,}", "--steps", per_unit=per_step)
 
 
 @app.command("patch")
@@ -561,9 +695,13 @@ def patch_cmd(
         [], "--hooks", help="hook names, repeatable or comma-separated (default: conv maps and fc / resid_post and z)"
     ),
     per: str = typer.Option(None, help="site granularity: cell | channel | unit | pos | head | pos_head | all | ..."),
-    pairs: int = typer.Option(128, help="contrast pairs (rooms of the policy's own env, edited in one factor)"),
+    pairs: int = typer.Option(
+        128,
+        help="contrast pairs (rooms of the policy's own env, edited in one factor)",
+        parser=guards.count("--pairs", 1, PAIRS_MAX),
+    ),  # fmt: skip
     mode: str = typer.Option("remove", help="trash factor: remove the item or move it"),
-    seed: int = typer.Option(0, help="seed of the pairs, the noise pairing and the bootstrap"),
+    seed: int = typer.Option(0, help="seed of the pairs, the noise pairing and the bootstrap", parser=SEED),
 ) -> None:
     """Activation patching: patch every site of each hook from the clean run (factor present) into the corrupted
     run (factor absent), batched; logit difference, probability of the clean action, value change and normalised
@@ -579,21 +717,24 @@ def patch_cmd(
     from workbench.checkpoints import load_policy
     from workbench.contrast import contrast_pairs
     from workbench.io import atomic_write_bytes
-    from workbench.patching import default_patch_hooks, patch
+    from workbench.patching import check_patch_memory, default_patch_hooks, patch
     from workbench.steering import policy_env
 
+    guards.check_output(out)
+    hook_names = guards.names(hooks, "--hooks")
     policy = load_policy(checkpoint)
     world = policy.run["env"].get("world")
+    if world not in (None, "minigrid"):
+        raise WorkbenchError(_no_env_message("patch", [{"run": policy.run_dir, "env": policy.run["env"]}]))
+    names = hook_names or default_patch_hooks(policy)
+    check_patch_memory(policy, pairs, names, per=per, option="--pairs")  # before any pair is built
     if world == "minigrid":
         from workbench.minigrid_world import contrast_pairs as minigrid_pairs
         from workbench.minigrid_world import minigrid_config
 
         contrast = minigrid_pairs(factor, pairs, seed, minigrid_config(**policy.run["env"]))
-    elif world is not None:
-        raise WorkbenchError(_no_env_message("patch", [{"run": policy.run_dir, "env": policy.run["env"]}]))
     else:
         contrast = contrast_pairs(factor, pairs, seed, config=policy_env(policy), mode=mode)
-    names = _split_names(hooks) or default_patch_hooks(policy)
     table = patch(policy, contrast, names, per=per, seed=seed)
     buffer = io.BytesIO()
     table.to_parquet(buffer, index=False)
@@ -620,17 +761,26 @@ def steer_cmd(
         help="trash | colour | button | goal | carrying (contrast mean), trash-at:ROW,COL, a saved VECTOR.safetensors, "
         "or PROBES.parquet#LABEL[@INDEX] (a probe direction)",
     ),
-    coef: float = typer.Option(1.0, help="added coef x vector at the hook (negative subtracts)"),
-    episodes: int = typer.Option(200, help="rollout episodes, steered and unsteered (the same rooms)"),
+    coef: float = typer.Option(
+        1.0, help="added coef x vector at the hook (negative subtracts)", parser=guards.number("--coef", -1e6, 1e6)
+    ),
+    episodes: int = typer.Option(
+        200,
+        help="rollout episodes, steered and unsteered (the same rooms)",
+        parser=guards.count("--episodes", 1, EPISODES_MAX, "episode"),
+    ),  # fmt: skip
     hook: str = typer.Option(None, help="hook to steer (default: last conv map / the last block's resid_pre)"),
-    pairs: int = typer.Option(256, help="contrast pairs for a factor or trash-at vector"),
-    seed: int = typer.Option(12345, help="seed of the rollout episodes"),
+    pairs: int = typer.Option(
+        256, help="contrast pairs for a factor or trash-at vector", parser=guards.count("--pairs", 1, PAIRS_MAX)
+    ),
+    seed: int = typer.Option(12345, help="seed of the rollout episodes", parser=SEED),
     n_random: int = typer.Option(
         20,
         "--n-random",
         help="random vectors per null (same norm; same norm per position) on the same episodes; 0: no null",
+        parser=guards.count("--n-random", 0, 10_000),
     ),
-    null_seed: int = typer.Option(0, help="seed of the random vectors"),
+    null_seed: int = typer.Option(0, help="seed of the random vectors", parser=guards.seed("--null-seed")),
     reverse: bool = typer.Option(True, "--reverse/--no-reverse", help="also steer at -coef on the same episodes"),
     deterministic: bool = typer.Option(False, "--deterministic", help="argmax actions instead of sampled"),
     save: Path = typer.Option(None, help="also save the vector as <save>.safetensors + <save>.json"),
@@ -647,9 +797,17 @@ def steer_cmd(
     from rich.table import Table
 
     from workbench.checkpoints import load_policy
+    from workbench.contrast import FACTOR_ALIASES, FACTORS
+    from workbench.patching import check_patch_memory
+    from workbench.steering import _paths as vector_paths
     from workbench.steering import check_steering, resolve_vector, steering_effects
 
+    if save is not None:
+        tensors_path, index_path = vector_paths(save)
+        guards.check_output(tensors_path, option="--save", companions=[index_path])
     policy = load_policy(checkpoint)
+    if vector.lower() in FACTORS or vector.lower() in FACTOR_ALIASES or vector.startswith("trash-at:"):
+        check_patch_memory(policy, pairs, [], option="--pairs")  # the contrast pairs the vector is the mean of
     steer_vector = resolve_vector(policy, vector, hook, n=pairs)
     check_steering(policy, steer_vector, coef)
     if save is not None:
@@ -688,7 +846,13 @@ def steer_cmd(
 def dashboard(
     run_dir: Path = typer.Argument(..., help="run directory (run.json + checkpoints; tables written into it)"),
     host: str = typer.Option("127.0.0.1", help="interface to listen on (0.0.0.0: every interface; be careful)"),
-    port: int = typer.Option(8050, help="port"),
+    port: int = typer.Option(8050, help="port (1-65535)", parser=guards.count("--port", 1, 65535)),
+    allow_host: list[str] = typer.Option(
+        [],
+        "--allow-host",
+        help="a name the dashboard may be reached by besides localhost and the --host itself "
+        "(requests with any other Host header are refused: DNS rebinding); repeatable",
+    ),  # fmt: skip
 ) -> None:
     """Interactive dashboard of one run: episode player, activations, probes, patching and steering, behaviour.
     It reads only files under RUN_DIR: the checkpoints and the tables `workbench probe/patch/eval --out` wrote there.
@@ -697,8 +861,15 @@ def dashboard(
     """
     from workbench.dashboard import serve
 
+    guards.check_port(host, port)
+    if not guards.is_loopback(host):
+        console.print(f"[bold red]WARNING:[/] --host {escape(host)} is not loopback: anyone who can reach this machine "
+                      "on that interface can open the dashboard, which has no login, and read the run's checkpoints "
+                      "and tables through it. Use the default 127.0.0.1 (with an SSH tunnel for remote access) "
+                      "unless this network is trusted.")  # fmt: skip
     console.print(f"dashboard of {run_dir} on http://{host}:{port}/ (Ctrl-C stops it)")
-    serve(run_dir, host=host, port=port)
+    extra = {"allowed_hosts": tuple(allow_host)} if allow_host else {}
+    serve(run_dir, host=host, port=port, **extra)
 
 
 @app.command()
@@ -712,6 +883,7 @@ def report(
     """
     from workbench.report import build_report
 
+    guards.check_output(out)
     with Progress("report", console, spinner=True) as update:
         path = build_report(run_or_ckpt, out, progress=update)
     console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")

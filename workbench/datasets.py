@@ -240,12 +240,42 @@ def collect(
                         storage_dtype, deterministic, progress)  # fmt: skip
 
 
+def _row_bytes(shapes: dict[str, tuple], storage_dtype: str, obs_shape, labels: dict) -> int:
+    """Bytes one row takes: its stored activations, pixels (uint8), map labels (uint8) and scalar labels (the
+    label columns, plus the POLICY_COLUMNS, at 8 bytes or less each)."""
+    itemsize = STORAGE_DTYPES[storage_dtype][0].itemsize
+    maps = sum(math.prod(v.shape[1:]) for name, v in labels.items() if name.endswith("_map"))
+    scalars = 8 * (sum(1 for name in labels if not name.endswith("_map")) + len(POLICY_COLUMNS) + 2)
+    return itemsize * sum(math.prod(s) for s in shapes.values()) + math.prod(obs_shape) + maps + scalars
+
+
+def dataset_row_bytes(policy, hooks: list[str] | None = None, env=None, storage_dtype: str = "float16") -> int:
+    """Bytes one row of a `collect(policy, env, hooks=hooks)` dataset takes in memory: n_steps times this is what an
+    in-memory collection holds (what `collect` checks before it starts, and commands estimate beforehand)."""
+    policy = _as_policy(policy)
+    cfg = _env_config(env, policy)
+    if storage_dtype not in STORAGE_DTYPES:
+        raise unknown_name("storage dtype", storage_dtype, STORAGE_DTYPES)
+    return _row_bytes(_checked_hooks(policy, hooks), storage_dtype, cfg.obs_shape, _batch_env(cfg, 1, 0).labels())
+
+
 def _collect(policy, cfg: EnvConfig, n_steps, shapes, seed, n_envs, dest, shard_size, gamma, reward_k,
              storage_dtype, deterministic, progress) -> ActivationDataset:  # fmt: skip
+    from workbench.guards import check_memory
+
     env = _batch_env(cfg, n_envs, seed)
     device = next(policy.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     first = env.labels()
+    # Before any buffer: the ring (max_steps + 32 steps of every env) and the rows kept (all of them in memory, or
+    # two shards on disk) must fit.
+    row = _row_bytes(shapes, storage_dtype, cfg.obs_shape, {k: v[:1] for k, v in first.items()})
+    kept = n_steps if dest is None else 2 * min(n_steps, shard_size)
+    need = row * ((cfg.max_steps + 32) * n_envs + kept)
+    if dest is None:
+        check_memory(need, f"collecting {n_steps:,} observations in memory", "n_steps (--steps)", per_unit=row)
+    else:
+        check_memory(need, f"collecting with {n_envs:,} envs", "n_envs")
     # Map labels keep the shape the env gives them (our rooms: the room's grid; MiniGrid: its grid's rows x cols).
     map_shapes = {name: tuple(first[name].shape[1:]) for name in first if name.endswith("_map")}
     map_names = list(map_shapes)

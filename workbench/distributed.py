@@ -190,13 +190,16 @@ def _train_remote(cfg, device: str, threads: int) -> dict[str, bytes]:
 def _write_run_files(run_dir: Path, files: dict[str, bytes]) -> None:
     """run.json first, then each step's weights and training state before the step's JSON, which commits it (the
     order `train` writes in), so that an interruption leaves a loadable run."""
+    from workbench.checkpoints import RunLock
     from workbench.io import atomic_write_bytes
 
     def order(name: str) -> tuple:
         return (name != "run.json", name.split(".", 1)[0], name.endswith(".json"))
 
-    for name in sorted(files, key=order):
-        atomic_write_bytes(run_dir / name, files[name])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir, "writing a run trained elsewhere"):  # one writer per run directory, as `train` holds
+        for name in sorted(files, key=order):
+            atomic_write_bytes(run_dir / name, files[name])
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -207,4 +210,11 @@ def parse_seeds(text: str) -> list[int]:
         seeds = []
     if not seeds:
         raise ConfigError(f"--seeds {text!r}: write integers separated by commas, e.g. --seeds 0,1,2.")
+    bad = [s for s in seeds if not 0 <= s < 2**32]
+    if bad:
+        raise ConfigError(f"--seeds {text!r}: seed {bad[0]} is out of range: use integers from 0 to {2**32 - 1:,}.")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(
+            f"--seeds {text!r}: a seed is repeated (two runs would write the same series): list each once."
+        )
     return seeds

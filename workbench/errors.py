@@ -21,6 +21,14 @@ class DatasetError(WorkbenchError):
     """An activation dataset is missing, incomplete or damaged, or cannot be written where asked."""
 
 
+class OutputPathError(WorkbenchError, ValueError):
+    """An output path cannot be written as asked: a directory, a run's own file, or an unwritable folder."""
+
+
+class ResourceError(WorkbenchError):
+    """A command would need more memory (or another resource) than the machine can spare; says what to lower."""
+
+
 def unknown_name(kind: str, name: str, valid) -> ConfigError:
     """An error for an unknown `name` that lists the valid ones and the nearest match."""
     import difflib

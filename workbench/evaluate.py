@@ -34,6 +34,26 @@ def check_policy_fits(policy, cfg: EnvConfig) -> None:
     )
 
 
+def rollout_bytes(obs_shape) -> int:
+    """Bytes one episode of a batched rollout holds at once: its env's pixels (uint8, twice: the env's and the copy
+    fed to the policy), the float32 observation, and the policy's activations on it, taken as 8 float32 values per
+    pixel value (the bundled CNN has ~4, the transformer fewer); the state and counters are small beside them.
+    No forward pass is made to measure them: a caller's hooks would see it."""
+    import math
+
+    obs = math.prod(obs_shape)
+    return 2 * obs + 4 * obs + 4 * 8 * obs + 256
+
+
+def check_rollout_memory(policy, episodes: int, obs_shape=None, option: str = "--episodes") -> None:
+    """Refuse, with the figure, a batch of `episodes` episodes that cannot fit in memory (before any is built)."""
+    from workbench.guards import check_memory
+
+    shape = obs_shape if obs_shape is not None else getattr(policy, "obs_shape", None) or (3, 28, 28)
+    per = rollout_bytes(shape)
+    check_memory(int(episodes) * per, f"{int(episodes):,} episodes at once", option, per_unit=per)
+
+
 @torch.no_grad()
 def rollout_episodes(policy, env_config, episodes: int, seed: int = 12345, deterministic: bool = False,
                      target_cell=None, edit_start=None) -> dict:  # fmt: skip
@@ -49,6 +69,7 @@ def rollout_episodes(policy, env_config, episodes: int, seed: int = 12345, deter
     cfg = make_config(env_config) if not isinstance(env_config, dict) else make_config(**env_config)
     check_policy_fits(policy, cfg)
     episodes = int(episodes)
+    check_rollout_memory(policy, episodes, cfg.obs_shape)
     env = BatchEnv(cfg, n_envs=episodes, seed=seed)
     if edit_start is not None:
         edit_start(env.state)

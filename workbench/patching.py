@@ -504,6 +504,31 @@ def patch(
     return table
 
 
+def patch_bytes(policy, n_pairs: int, hooks: Sequence[str], per: str | None = None, n_boot: int = 1000) -> int:
+    """Bytes `patch(policy, contrast_pairs(..., n_pairs), hooks)` holds at its peak, roughly and on the high side:
+    per pair, the pair's rooms and pixels (uint8) and their float32 copies, the forward passes of both runs and of
+    one patched batch (taken as 8 float32 values per pixel value, as `evaluate.rollout_bytes`), the patched
+    outputs of every site of the widest hook (clean and noise sources) and the bootstrap's weights."""
+    obs = math.prod(policy.obs_shape)
+    sites = 1
+    if hooks:
+        for hook, shape in activation_shapes(policy, hooks).items():
+            _, axes = site_axes(hook, shape, per)
+            sites = max(sites, math.prod(shape[a] for a in axes))
+    n_out = getattr(policy, "n_actions", 8) + 1
+    per_pair = 2 * obs + 2 * 4 * obs + 3 * 4 * 8 * obs + 2 * 4 * sites * n_out + 4 * n_boot + 512
+    return int(n_pairs) * per_pair
+
+
+def check_patch_memory(policy, n_pairs: int, hooks: Sequence[str], per: str | None = None,
+                       option: str = "--pairs") -> None:  # fmt: skip
+    """Refuse, before any pair is built, `n_pairs` contrast pairs (and patching `hooks`) that cannot fit in memory."""
+    from workbench.guards import check_memory
+
+    need = patch_bytes(policy, n_pairs, hooks, per)
+    check_memory(need, f"{int(n_pairs):,} contrast pairs", option, per_unit=need / max(int(n_pairs), 1))
+
+
 # ---------------------------------------------------------------------------------------------- statistics
 def derangement(n: int, seed: int) -> Tensor:
     """A permutation with no fixed point: pair i takes the clean run of another pair."""

@@ -609,8 +609,10 @@ def resolve_vector(policy, spec: str, hook: str | None = None, n: int = 256, see
     if spec.startswith("trash-at:"):
         try:
             cell = tuple(int(v) for v in spec.removeprefix("trash-at:").split(","))
-        except ValueError as err:
-            raise PatchError(f"{spec!r}: write trash-at:ROW,COL, e.g. trash-at:2,5.") from err
+        except ValueError:
+            cell = ()
+        if len(cell) != 2:
+            raise PatchError(f"{spec!r}: write trash-at:ROW,COL with two whole numbers, e.g. trash-at:2,5.")
         return trash_at_vector(policy, cell, hook, n=n, seed=seed)
     if "#" in spec:
         return _probe_vector(policy, spec, hook)
@@ -631,8 +633,18 @@ def _probe_vector(policy, spec: str, hook: str | None) -> SteeringVector:
     from probes import load_directions
 
     path, _, label = spec.partition("#")
-    label, _, index = label.partition("@")
-    index = tuple(int(v) for v in index.split(",")) if index else None
+    label, at, index_text = label.partition("@")
+    if not path or not label:
+        raise PatchError(f"--vector {spec!r}: write PROBES.parquet#LABEL (with @I for a class, @ROW,COL for a cell).")
+    index = None
+    if at:
+        try:
+            index = tuple(int(v) for v in index_text.split(","))
+        except ValueError:
+            index = ()
+        if not 1 <= len(index) <= 2 or min(index) < 0:
+            raise PatchError(f"--vector {spec!r}: after @ comes the output to steer along, a class index (@2) or a "
+                             f"cell (@ROW,COL), as whole numbers >= 0; not {index_text!r}.")  # fmt: skip
     found = [d for d in load_directions(path) if d.label == label and (hook is None or d.hook == hook)]
     if not found:
         raise PatchError(f"{path} holds no direction for label {label!r}" + (f" at {hook}" if hook else "") + ".")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,18 +119,116 @@ def checkpoint_steps(total_steps: int, rollout: int, n_checkpoints: int) -> list
     return [0] + sorted({int(round(p)) * rollout for p in points})
 
 
+# Valid ranges of the PPO settings: (low, high, low included, high included). Integers are real ints (not bools).
+PPO_INT_RANGES = {"n_envs": (1, 1 << 16), "n_steps": (1, 1 << 24), "batch_size": (2, 1 << 26), "n_epochs": (1, 10_000)}
+PPO_FLOAT_RANGES = {
+    "learning_rate": (0.0, math.inf, False, False),
+    "gamma": (0.0, 1.0, False, True),
+    "gae_lambda": (0.0, 1.0, False, True),
+    "clip_range": (0.0, math.inf, False, False),
+    "ent_coef": (0.0, math.inf, True, False),
+    "vf_coef": (0.0, math.inf, True, False),
+    "max_grad_norm": (0.0, math.inf, False, False),
+}
+MAX_TOTAL_STEPS = 10**12
+MAX_CHECKPOINTS = 10_000
+MAX_EVAL_EPISODES = 100_000
+MAX_SEED = 2**32 - 1  # numpy's global seed (SB3's minibatches) takes 0 .. 2**32 - 1
+MEMORY_SHARE = 0.5  # a rollout buffer may take at most this share of the memory free
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_int(name: str, value, low: int, high: int) -> None:
+    if not _is_int(value) or not low <= value <= high:
+        raise ConfigError(f"{name}={value!r}: use an integer from {low:,} to {high:,}.")
+
+
+def _check_number(name: str, value, low: float, high: float, low_in: bool, high_in: bool) -> None:
+    span = f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (low <= value if low_in else low < value) and (value <= high if high_in else value < high)
+    if not ok:
+        raise ConfigError(f"{name}={value!r}: use a finite number in {span}.")
+
+
 def _check(config: TrainConfig) -> None:
-    make_config(**config.env)  # raises ConfigError naming the problem
+    """Every setting in its valid range, each error one line naming the setting, its value and the range."""
+    for section in ("env", "policy", "ppo"):
+        if not isinstance(getattr(config, section), dict):
+            raise ConfigError(f"{section}={getattr(config, section)!r}: use a dict of settings.")
+    env = make_config(**config.env)  # raises ConfigError naming the problem
     unknown = set(config.ppo) - set(FAST_PPO)
     if unknown:
         raise unknown_name("PPO setting", sorted(unknown)[0], FAST_PPO)
-    for key in ("n_envs", "n_steps", "batch_size", "n_epochs"):
-        if not isinstance(config.ppo[key], int) or config.ppo[key] < 1:
-            raise ConfigError(f"ppo.{key}={config.ppo[key]!r}: use a positive integer.")
-    if not isinstance(config.total_steps, int) or config.total_steps < 1:
-        raise ConfigError(f"total_steps={config.total_steps!r}: use a positive integer.")
-    if config.n_checkpoints < 2:
-        raise ConfigError("n_checkpoints must be >= 2 (step 0 and the final step).")
+    missing = sorted(set(FAST_PPO) - set(config.ppo))
+    if missing:
+        raise ConfigError(f"ppo lacks {', '.join(missing)}: give every PPO setting (workbench.train.FAST_PPO).")
+    for key, (low, high) in PPO_INT_RANGES.items():
+        _check_int(f"ppo.{key}", config.ppo[key], low, high)
+    for key, bounds in PPO_FLOAT_RANGES.items():
+        _check_number(f"ppo.{key}", config.ppo[key], *bounds)
+    if config.ppo["n_envs"] * config.ppo["n_steps"] < 2:
+        raise ConfigError("ppo.n_envs * ppo.n_steps = 1: a rollout needs at least 2 env-steps (PPO normalises "
+                          "advantages over it); raise n_envs or n_steps.")  # fmt: skip
+    _check_int("total_steps", config.total_steps, 1, MAX_TOTAL_STEPS)
+    _check_int("n_checkpoints", config.n_checkpoints, 2, MAX_CHECKPOINTS)
+    _check_int("eval_episodes", config.eval_episodes, 1, MAX_EVAL_EPISODES)
+    _check_int("seed", config.seed, 0, MAX_SEED)
+    _check_memory(config, math.prod(env.obs_shape))
+
+
+def _check_memory(config: TrainConfig, obs_size: int) -> None:
+    """Refuse, with the figure, a rollout buffer that cannot fit: SB3 keeps n_envs * n_steps observations as
+    float32, beside seven float32 values per env-step, and allocates them all when PPO is built."""
+    rollout = config.ppo["n_envs"] * config.ppo["n_steps"]
+    need = rollout * (4 * obs_size + 4 * 7) + config.ppo["n_envs"] * obs_size * 2  # + the env's own uint8 frames
+    from workbench.guards import available_memory
+
+    free = available_memory()
+    if need > free * MEMORY_SHARE:
+        raise ConfigError(
+            f"ppo.n_envs={config.ppo['n_envs']} x ppo.n_steps={config.ppo['n_steps']} needs a rollout buffer of "
+            f"{need / 2**30:.1f} GiB ({rollout:,} observations of {obs_size:,} float32 values), more than "
+            f"{MEMORY_SHARE:.0%} of the {free / 2**30:.1f} GiB this process can take: lower --ppo n_steps or n_envs."
+        )
+
+
+def config_from_run(run_dir: str | Path) -> TrainConfig:
+    """The TrainConfig a run was trained with (its run.json): where `--resume` starts from, so that the options
+    given on the command line are compared with it (`train(resume=True)`) and the others are kept."""
+    run = ckpt.read_run(run_dir)
+    try:
+        return TrainConfig(env=dict(run["env"]), policy={k: v for k, v in run["policy"].items()
+                                                         if k not in ("obs_shape", "n_actions")},
+                           ppo=dict(run["ppo"]), total_steps=run["total_steps"], seed=run["seed"],
+                           precision=run["precision"], n_checkpoints=run["n_checkpoints"],
+                           eval_episodes=run["eval_episodes"])  # fmt: skip
+    except (KeyError, TypeError) as err:
+        raise CheckpointError(f"{run_dir}/run.json lacks the training config ({err}); it was not written by "
+                              "`workbench train`, so it cannot be resumed.") from None  # fmt: skip
+
+
+def _resume_differences(run: dict, config: TrainConfig) -> list[str]:
+    """What `config` sets differently from the run it would resume: the env options and policy settings it gives,
+    every PPO setting, and the seed. Each entry names the field and both values."""
+    diffs = []
+    env = make_config(**config.env).to_dict()  # normalised: aliases, defaults, as run.json holds them
+    for key in config.env:
+        if env.get(key) != run["env"].get(key):
+            diffs.append(f"env.{key}: run.json has {run['env'].get(key)!r}, given {env.get(key)!r}")
+    for key, value in config.policy.items():
+        if value != run["policy"].get(key):
+            diffs.append(f"policy.{key}: run.json has {run['policy'].get(key)!r}, given {value!r}")
+    stored_ppo = run.get("ppo") if isinstance(run.get("ppo"), dict) else {}
+    for key in sorted(set(config.ppo) | set(stored_ppo)):
+        if config.ppo.get(key) != stored_ppo.get(key):
+            diffs.append(f"ppo.{key}: run.json has {stored_ppo.get(key)!r}, given {config.ppo.get(key)!r}")
+    if config.seed != run.get("seed"):
+        diffs.append(f"seed: run.json has {run.get('seed')!r}, given {config.seed!r}")
+    return diffs
 
 
 def resolve_precision(precision: str, device: str) -> str:
@@ -166,33 +265,59 @@ def train(
     max_train_seconds: float | None = None,
 ) -> Path:
     """Train and write a checkpoint series to `out`. With resume=True, continue from the latest checkpoint
-    of `out` using its run.json (config is then only used for a larger total_steps).
+    of `out` using its run.json (config is then checked against it, and used only for a larger total_steps).
 
     `progress(step, total, stats)` is called after every PPO update; `stop_when_solved=0.95` ends training
     at the first checkpoint whose sampled success rate reaches it, and `max_train_seconds` after that much
-    training time (benchmarks)."""
+    training time (benchmarks).
+
+    The run directory is locked for the whole training (`checkpoints.RunLock`): a second training into it fails
+    at once. With resume=True, `config` (if given) must agree with run.json on the env options and policy
+    settings it sets, every PPO setting and the seed (a ConfigError names each difference); a larger
+    total_steps extends the run, and run.json is updated to say so."""
+    out = Path(out)
+    device = resolve_device(device)
+    if config is not None:
+        _check(config)  # before anything is created or locked
+    with ckpt.RunLock(out, "resuming" if resume else "training"):  # one writer at a time, for the whole training
+        return _train_locked(config, out, resume, device, progress, stop_when_solved, max_train_seconds)
+
+
+def _train_locked(config, out: Path, resume: bool, device: str, progress, stop_when_solved, max_train_seconds):
     from stable_baselines3 import PPO
 
     from workbench.envs.sb3_vec import WorkbenchVecEnv
     from workbench.policies.sb3 import HookedActorCriticPolicy
 
-    out = Path(out)
-    device = resolve_device(device)
     start_step, train_state = 0, None
     if resume:
         run = ckpt.read_run(out)
-        stored = TrainConfig(**{k: run[k] for k in ("env", "policy", "ppo", "total_steps", "seed", "precision")},
-                             n_checkpoints=run["n_checkpoints"], eval_episodes=run["eval_episodes"])  # fmt: skip
+        stored = config_from_run(out)
+        if config is not None:
+            diffs = _resume_differences(run, config)
+            if diffs:
+                raise ConfigError(f"--resume of {out} with settings that differ from its run.json "
+                                  f"({'; '.join(diffs)}). Resume with the run's own settings, or train a new run "
+                                  "under another --out.")  # fmt: skip
+        _check(stored)
+        start_step, train_state = _latest_resumable(out, run)
+        series = [s for s in run.get("checkpoint_steps", []) if isinstance(s, int)]
         if config is not None and config.total_steps > stored.total_steps:
             stored.total_steps = config.total_steps
-        config = stored
-        start_step, train_state = _latest_resumable(out)
+            rollout = stored.ppo["n_envs"] * stored.ppo["n_steps"]
+            later = checkpoint_steps(stored.total_steps, rollout, stored.n_checkpoints)
+            series = [s for s in series if s <= start_step] + [s for s in later if s > start_step]
+            # run.json says what the run now is: its new total and the series it will hold
+            ckpt.write_run(out, {k: v for k, v in run.items() if k != "schema_version"}
+                           | {"total_steps": stored.total_steps, "checkpoint_steps": series})  # fmt: skip
+        config, run_id = stored, run.get("run_id")
         _remove_uncommitted(out, start_step)
     else:
         config = config or TrainConfig()
-        if out.exists() and ckpt.list_steps(out):
+        _check(config)
+        if ckpt.list_steps(out):
             raise ConfigError(f"{out} already holds checkpoints: pass --resume to continue it, or another --out.")
-    _check(config)
+        run_id = ckpt.new_run_id()
 
     ppo = dict(config.ppo)
     n_envs = ppo.pop("n_envs")
@@ -220,6 +345,7 @@ def train(
             out,
             {
                 **config.to_dict(),
+                "run_id": run_id,
                 "env": venv.config.to_dict(),
                 "policy": policy.config(),
                 "checkpoint_steps": schedule,
@@ -232,7 +358,8 @@ def train(
         _restore(model, train_state)
         model.num_timesteps = start_step
 
-    saver = _CheckpointCallback(out, config, schedule, start_step, progress, stop_when_solved, max_train_seconds)
+    saver = _CheckpointCallback(out, config, schedule, start_step, progress, stop_when_solved, max_train_seconds,
+                                run_id)  # fmt: skip
     if not resume:
         saver.save(model, 0)
     remaining = config.total_steps - start_step
@@ -260,11 +387,12 @@ class unvalidated_distributions:
         Distribution.set_default_validate_args(self.previous)
 
 
-def _latest_resumable(out: Path) -> tuple[int, dict]:
+def _latest_resumable(out: Path, run: dict) -> tuple[int, dict]:
     """The newest committed step that has training state. Orphans of an interrupted save are ignored."""
     for step in reversed(ckpt.list_steps(out)):
         if (out / f"{ckpt.step_stem(step)}.train.safetensors").exists():
-            return step, ckpt.load_train_state(out, step)
+            ckpt.read_step(out, step, run)  # the step JSON: its run id is the run's
+            return step, ckpt.load_train_state(out, step, run)
     raise CheckpointError(f"{out} has no checkpoint with training state to resume from: start a new run.")
 
 
@@ -273,8 +401,8 @@ def _remove_uncommitted(out: Path, step: int) -> None:
     for path in out.glob(".step-*.tmp"):
         path.unlink(missing_ok=True)
     for path in out.glob("step-*"):
-        number = path.name[5:14]
-        if number.isdigit() and int(number) > step:
+        match = ckpt.FILE_RE.match(path.name)
+        if match and int(match.group(1)) > step:
             path.unlink(missing_ok=True)
 
 
@@ -313,9 +441,10 @@ class _CheckpointCallback(BaseCallback):
     update, which is when the weights for `num_timesteps` are final."""
 
     def __init__(self, out: Path, config: TrainConfig, schedule: list[int], start_step: int, progress, stop_at,
-                 max_seconds):  # fmt: skip
+                 max_seconds, run_id: str | None = None):  # fmt: skip
         super().__init__()
         self.out, self.config, self.progress, self.stop_at = out, config, progress, stop_at
+        self.run_id = run_id
         self.max_seconds = max_seconds
         self.start_step = start_step
         self.pending = [s for s in schedule if s > start_step]
@@ -334,7 +463,7 @@ class _CheckpointCallback(BaseCallback):
         # What training itself received since the previous checkpoint (the chiseling tracer aligns with it).
         metrics |= {f"train_{k}": v for k, v in self.stretch.items()}
         self.stretch = {"env_steps": 0, "reward_events": 0, "reward_sum": 0.0}
-        ckpt.save_step(self.out, step, model.policy.hooked, metrics, _train_state(model))
+        ckpt.save_step(self.out, step, model.policy.hooked, metrics, _train_state(model), run_id=self.run_id)
         _prune_train_state(self.out, keep=step)
         if self.stop_at is not None and metrics["success_rate"] >= self.stop_at:
             self.solved_at = step

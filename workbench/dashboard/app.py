@@ -5,7 +5,10 @@
     app.run(host="127.0.0.1", port=8050)
 
 The app reads only files under the run directory (see `paths`): the checkpoints, and whatever tables
-`workbench probe`, `workbench patch` and `workbench eval --out` wrote there. A background thread warms the caches
+`workbench probe`, `workbench patch` and `workbench eval --out` wrote there. It answers only requests whose Host
+header names this machine as the browser reached it (localhost, a loopback or other IP address, the address it
+listens on, this machine's name, or a name passed as allowed_hosts): a page elsewhere that points its own domain
+at 127.0.0.1 (DNS rebinding) gets a 403, not the run's data. A background thread warms the caches
 at start (the last checkpoint's policy, an episode, its activations, the tables) and the header shows its progress;
 afterwards every callback is a cache lookup plus drawing a figure.
 """
@@ -18,6 +21,7 @@ from pathlib import Path
 
 from dash import Dash, Input, Output, dcc, html
 
+from workbench import guards
 from workbench.dashboard import data, views
 from workbench.dashboard.paths import run_root
 
@@ -83,14 +87,16 @@ class Warmup:
         return self.what, self.done, self.total
 
 
-def create_app(run_dir: str | Path, warm: bool = True) -> Dash:
-    """The dashboard of one run directory (see the module docstring)."""
+def create_app(run_dir: str | Path, warm: bool = True, host: str = "127.0.0.1", allowed_hosts=()) -> Dash:
+    """The dashboard of one run directory (see the module docstring); `host`: the address it will listen on,
+    `allowed_hosts`: more names the Host header may carry."""
     root = run_root(run_dir)
     run = data.load_run(root)
     if not run.steps:
         from workbench.errors import CheckpointError
 
-        raise CheckpointError(f"{root} holds no committed checkpoint (no step-*.json): train first.")
+        why = f" ({'; '.join(run.refused)})" if run.refused else ""
+        raise CheckpointError(f"{root} holds no committed checkpoint it can read (no step-*.json){why}: train first.")
     app = Dash(
         __name__,
         title=f"workbench — {root.name}",
@@ -117,7 +123,42 @@ def create_app(run_dir: str | Path, warm: bool = True) -> Dash:
         data.background(warmup._work, "dashboard-warmup")
     app.warmup = warmup
     app.callback_times = _time_callbacks(app)
+    _check_host_header(app, host, allowed_hosts)
     return app
+
+
+def allowed_host_names(host: str, allowed_hosts=()) -> set[str]:
+    """Host names (besides IP addresses, always accepted) a request may name: localhost's, the address listened
+    on, and where that is not loopback this machine's names; plus `allowed_hosts`."""
+    import socket
+
+    names = set(guards.LOOPBACK_NAMES) | {guards.host_of(h) for h in allowed_hosts}
+    host = guards.host_of(host)
+    if host not in ("", "0.0.0.0", "::"):
+        names.add(host)
+    if not guards.is_loopback(host):
+        for name in (socket.gethostname(), socket.getfqdn()):
+            names.add(name.lower())
+    return names
+
+
+def _check_host_header(app: Dash, host: str, allowed_hosts) -> None:
+    """Refuse (403) requests whose Host header names something else: DNS rebinding (module docstring)."""
+    import flask
+
+    names = allowed_host_names(host, allowed_hosts)
+
+    @app.server.before_request
+    def host_header():
+        asked = guards.host_of(flask.request.headers.get("Host", ""))
+        if asked in names or guards.is_ip_literal(asked):
+            return None
+        return flask.Response(
+            f"Host {asked!r} is not one this dashboard answers to (DNS rebinding guard): open it at "
+            f"http://127.0.0.1:<port>/, or start it with --allow-host {asked or 'NAME'} if that name is yours.\n",
+            status=403,
+            mimetype="text/plain",
+        )
 
 
 def _time_callbacks(app: Dash) -> list[tuple[str, float]]:
@@ -149,9 +190,12 @@ def page(root: Path) -> html.Div:
             html.H2(f"reward-workbench — {root.name}", style={"margin": "0"}),
             html.Div(
                 f"{run.arch} policy on {run.variant} · {len(run.steps)} checkpoints "
-                f"({run.steps[0]:,} … {run.steps[-1]:,} env-steps) · {root}",
+                f"({run.steps[0]:,} … {run.steps[-1]:,} env-steps) · {root}"
+                if run.steps
+                else f"{run.arch} policy on {run.variant} · no checkpoint can be read · {root}",
                 style=views.NOTE,
             ),
+            *[html.Div(f"not read: {why}", style={**views.NOTE, "color": "#a00"}) for why in run.refused],
             html.Div(
                 [
                     html.Progress(id="warm-bar", max=1, value=0, style={"width": "200px"}),
@@ -170,8 +214,10 @@ def page(root: Path) -> html.Div:
     return html.Div([header, tabs], style={"fontFamily": "sans-serif", "padding": "0 8px"})
 
 
-def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8050, debug: bool = False) -> None:
-    app = create_app(run_dir)
+def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8050, debug: bool = False,
+          allowed_hosts=()) -> None:  # fmt: skip
+    guards.check_port(host, port)  # one clear line, before the caches warm up
+    app = create_app(run_dir, host=host, allowed_hosts=allowed_hosts)
     with data.one_torch_thread():
         app.run(host=host, port=port, debug=debug)
 

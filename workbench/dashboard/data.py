@@ -19,18 +19,50 @@ import numpy as np
 import pandas as pd
 import torch
 
+from probes.metrics import HEADLINE
+from workbench import guards
 from workbench.checkpoints import list_steps, read_json, read_run, step_stem
-from workbench.dashboard.paths import PathError, file_key, find_tables, safe_path
+from workbench.dashboard.paths import (
+    MAX_FILES,
+    MAX_JSON_BYTES,
+    MAX_TABLE_BYTES,
+    MAX_TENSOR_BYTES,
+    PathError,
+    file_key,
+    find_tables,
+    inside,
+    safe_file,
+    safe_path,
+)
 from workbench.envs import ACTION_NAMES, EVENTS, BatchEnv, make_config
 from workbench.envs.config import DISTRIBUTIONS
+from workbench.errors import WorkbenchError
 from workbench.threads import one_torch_thread  # noqa: F401  (re-exported: the app and tests take it from here)
 
 SCALAR_LABELS_HIDDEN = ("episode_id", "reward") + tuple(f"event_{e}" for e in EVENTS)
+COEF_MAX = 1000.0  # steering coefficients the views accept (the slider spans -8..8)
+
+
+def seed_value(seed, name: str = "episode seed") -> int:
+    """A seed from a control (None: 0), or a WorkbenchError naming the range."""
+    return guards.check_int(0 if seed is None else seed, name, 0, guards.SEED_MAX)
+
+
+def step_value(step) -> int:
+    return guards.check_int(step, "checkpoint step", 0, 10**15)
+
+
+def coef_value(coef) -> float:
+    return guards.check_float(0.0 if coef is None else coef, "steering coefficient", -COEF_MAX, COEF_MAX)
 
 
 def read_table(root: Path, relative_paths: list[str]) -> pd.DataFrame:
     """The named tables under root, concatenated (each checked by `safe_path`); an empty frame for none."""
-    frames = [_parquet(*file_key(safe_path(root, rel))) for rel in relative_paths]
+    if isinstance(relative_paths, str):
+        relative_paths = [relative_paths]
+    if not isinstance(relative_paths, list | tuple) or not all(isinstance(rel, str) for rel in relative_paths):
+        raise PathError(f"{relative_paths!r} is not a list of table paths.")
+    frames = [_parquet(*file_key(safe_file(root, rel, MAX_TABLE_BYTES))) for rel in relative_paths]
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0] if frames else pd.DataFrame()
 
 
@@ -48,6 +80,7 @@ class Run:
     config: dict
     steps: tuple[int, ...]
     metrics: pd.DataFrame = field(compare=False, hash=False)
+    refused: tuple[str, ...] = field(default=(), compare=False, hash=False)  # step files not read, and why
 
     @property
     def arch(self) -> str:
@@ -77,17 +110,33 @@ class Run:
 
 
 def load_run(root: Path) -> Run:
-    steps = tuple(list_steps(root))
-    keys = tuple(file_key(root / f"{step_stem(s)}.json") for s in steps)
-    return _load_run(root, file_key(root / "run.json"), keys)
+    """The run as it is now: run.json and every committed step whose step-*.json is a regular file inside the run
+    directory (one that leads outside it, through a symlink, or that is a FIFO or device, is left out and named in
+    `refused`)."""
+    keys, refused = [], []
+    for s in list_steps(root):
+        try:
+            keys.append(file_key(safe_file(root, f"{step_stem(s)}.json", MAX_JSON_BYTES)))
+        except PathError as err:
+            refused.append(str(err))
+    return _load_run(root, file_key(safe_file(root, "run.json", MAX_JSON_BYTES)), tuple(keys), tuple(refused))
 
 
 @functools.lru_cache(maxsize=8)
-def _load_run(root: Path, run_key: tuple, step_keys: tuple) -> Run:
+def _load_run(root: Path, run_key: tuple, step_keys: tuple, refused: tuple = ()) -> Run:
     config = read_run(root)
-    rows = [read_json(Path(key[0])) for key in step_keys]
+    rows = []
+    for key in step_keys:
+        try:
+            row = read_json(Path(key[0]))
+            rows.append({**row, "step": guards.check_int(row.get("step"), f"{Path(key[0]).name}: step", 0, 10**15)})
+        except (WorkbenchError, RecursionError) as err:  # a damaged step file: its checkpoint is left out, said so
+            refused = (*refused, str(err) if isinstance(err, WorkbenchError) else f"{Path(key[0]).name} is too deep")
     metrics = pd.DataFrame(rows) if rows else pd.DataFrame({"step": []})
-    return Run(root, config, tuple(int(r["step"]) for r in rows), metrics)
+    for name in metrics.columns:  # figures plot these: a damaged value (text, a list) becomes a gap, not an error
+        if name.endswith(("_rate", "_return", "_length", "_per_episode")):
+            metrics[name] = pd.to_numeric(metrics[name], errors="coerce")
+    return Run(root, config, tuple(r["step"] for r in rows), metrics, refused)
 
 
 def _tree_key(root: Path) -> tuple:
@@ -112,14 +161,13 @@ def _tables(root: Path, tree_key: tuple) -> dict[str, list[str]]:
 
 # ---------------------------------------------------------------------------------------------- policies
 def checkpoint_path(run: Run, step: int) -> Path:
-    try:
-        step = int(step)
-    except (TypeError, ValueError) as err:
-        raise PathError(f"{step!r} is not a checkpoint step.") from err
+    step = step_value(step)
     steps = run.steps if step in run.steps else load_run(run.root).steps  # a run still training adds steps
     if step not in steps:
         raise PathError(f"step {step} is not a checkpoint of this run: choose one of {list(steps)}.")
-    return safe_path(run.root, f"{step_stem(int(step))}.safetensors")
+    safe_file(run.root, "run.json", MAX_JSON_BYTES)  # load_policy reads both beside the weights
+    safe_file(run.root, f"{step_stem(step)}.json", MAX_JSON_BYTES)
+    return safe_file(run.root, f"{step_stem(step)}.safetensors", MAX_TENSOR_BYTES)
 
 
 def policy_at(run: Run, step: int):
@@ -154,7 +202,8 @@ class Episode:
 
 
 def episode(run: Run, step: int, seed: int = 0, distribution: str = "train") -> Episode:
-    if distribution not in run.distributions():
+    seed = seed_value(seed)
+    if not isinstance(distribution, str) or distribution not in run.distributions():
         raise PathError(f"distribution {distribution!r} is not one of {list(run.distributions())} for this run.")
     if run.world == "minigrid":
         return _minigrid_episode(file_key(checkpoint_path(run, step)), json.dumps(run.config["env"], sort_keys=True),
@@ -247,7 +296,7 @@ def _hook_shapes(ckpt_key: tuple) -> dict[str, tuple[int, ...]]:
 def activation(run: Run, step: int, obs: np.ndarray, hook: str) -> np.ndarray:
     """The activation of `hook` (batch dim dropped) of checkpoint `step` on one observation [3, H, W]."""
     shapes = hook_names(run, step)
-    if hook not in shapes:
+    if not isinstance(hook, str) or hook not in shapes:
         raise PathError(f"{hook!r} is not a hook of this policy: choose one of {', '.join(shapes)}.")
     return _activations(file_key(checkpoint_path(run, step)), np.ascontiguousarray(obs).tobytes(), obs.shape)[hook]
 
@@ -266,11 +315,12 @@ def probe_directions(run: Run, table: str):
     """The directions saved beside a probe table (empty when none are)."""
     from probes.directions import paths
 
-    table_path = safe_path(run.root, table)
-    tensors, index = paths(table_path)
-    if not (tensors.is_file() and index.is_file()):
+    table_path = safe_file(run.root, table, MAX_TABLE_BYTES)
+    tensors, index = paths(table_path)  # what load_directions reads
+    if not (os.path.lexists(tensors) and os.path.lexists(index)):
         return []
-    safe_path(run.root, tensors.relative_to(run.root).as_posix())  # the directions must lie inside too
+    # The companions must lie inside too (symlinks resolved), be regular files and not be huge.
+    tensors, index = inside(run.root, tensors, MAX_TENSOR_BYTES), inside(run.root, index, MAX_JSON_BYTES)
     return _directions(str(table_path), file_key(tensors), file_key(index))
 
 
@@ -288,26 +338,32 @@ def find_direction(directions, step: int, hook: str, label: str, probe: str | No
     return matches[0] if matches else None
 
 
-PRIMARY_METRIC = {"regression": "r2", "binary": "auroc", "multiclass": "balanced_accuracy", "map": "auroc"}
+# Tables written before info_gain existed: each probe kind's own metric (not comparable across kinds).
+LEGACY_METRIC = {"regression": "r2", "binary": "auroc", "multiclass": "balanced_accuracy", "map": "auroc"}
 
 
 def probe_scores(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per (run, step, hook, label, probe, metric, control) of the primary metric of each probe kind."""
+    """One row per (run, step, hook, label, probe, metric, control) of the headline metric, info_gain (one scale for
+    every label kind, the metric `probes.summary` ranks by); a table without it, each kind's legacy metric."""
     if table.empty:
         return table
     fitted = table[table["metric"] != "skipped"]
-    primary = fitted["kind"].map(PRIMARY_METRIC)
+    if HEADLINE in set(fitted["metric"]):
+        return fitted[fitted["metric"] == HEADLINE]
+    primary = fitted["kind"].map(LEGACY_METRIC)
     chosen = fitted[(fitted["metric"] == primary) | primary.isna()]
     return chosen if not chosen.empty else fitted
 
 
 def best_probes(table: pd.DataFrame) -> pd.DataFrame:
-    """Per (step, hook, label): the row of the probe with the highest selectivity (its primary metric)."""
+    """Per (step, hook, label): the row of the probe kind with the highest validation selectivity (as
+    `probes.summary` chooses; test selectivity for tables without validation scores)."""
     scores = probe_scores(table)
     if scores.empty:
         return scores
     one_per_probe = scores.drop_duplicates(["step", "hook", "label", "probe", "metric"])
-    order = one_per_probe.sort_values("selectivity", ascending=False, na_position="last")
+    key = "val_selectivity" if "val_selectivity" in one_per_probe.columns else "selectivity"
+    order = one_per_probe.sort_values(key, ascending=False, na_position="last")
     return order.drop_duplicates(["step", "hook", "label"]).reset_index(drop=True)
 
 
@@ -331,19 +387,24 @@ def steering_options(run: Run, step: int) -> list[dict]:
 
     options = [{"label": f"contrast: {factor}", "value": f"contrast:{factor}"} for factor in FACTORS]
     for table in run.tables("probes"):
-        for i, d in enumerate(probe_directions(run, table)):
+        try:
+            directions = probe_directions(run, table)
+        except WorkbenchError:  # refused or damaged: the probe view says why; no vectors offered from it
+            continue
+        for i, d in enumerate(directions):
             if d.step == int(step) and (d.kind in ("binary", "regression") or d.probe == "conv1x1"):
                 options.append({"label": f"probe: {d.label} @ {d.hook} ({d.probe}, {table})",
                                 "value": f"probe:{i}:{table}"})  # fmt: skip
-    for path in sorted(run.root.rglob("*.json")):
+    import itertools
+
+    for path in sorted(itertools.islice(run.root.rglob("*.json"), 4 * MAX_FILES)):
         rel = path.relative_to(run.root).as_posix()
         if rel.startswith(".") or path.name.startswith("step-") or path.name.endswith(".directions.json"):
             continue
-        if not path.with_suffix(".safetensors").is_file() or path.stat().st_size > 1 << 20:
-            continue
         try:
-            meta = json.loads(path.read_text())
-        except (OSError, ValueError):
+            index, _ = _vector_files(run, rel)
+            meta = json.loads(index.read_text())
+        except (WorkbenchError, OSError, ValueError, RecursionError):
             continue
         if isinstance(meta, dict) and {"hook", "tensors", "shape"} <= set(meta):
             options.append({"label": f"saved: {rel}", "value": f"file:{rel}"})
@@ -366,8 +427,20 @@ def steering_key(run: Run, step: int, spec: str) -> tuple:
             raise PathError(f"{spec!r} names no probe direction of {table}.")
         return ("probe", ckpt, str(safe_path(run.root, table)), int(index))
     if kind == "file":
-        return ("file", *file_key(safe_path(run.root, rest)))
+        index, tensors = _vector_files(run, rest)
+        return ("file", *file_key(index), file_key(tensors))
     raise PathError(f"{spec!r} is not a steering vector offered here.")
+
+
+def _vector_files(run: Run, rel: str) -> tuple[Path, Path]:
+    """(index .json, tensors .safetensors) of a saved steering vector named by either, both checked by `safe_file`:
+    inside the run directory (symlinks resolved), regular files, under the size caps."""
+    from workbench.steering import _paths
+
+    safe_path(run.root, rel)  # the name as given: no absolute paths, no '..'
+    index = safe_file(run.root, _paths(rel)[1].as_posix(), 1 << 20)
+    # the tensors SteeringVector.load(index) reads: beside the index's resolved path, wherever its own link leads
+    return index, inside(run.root, _paths(index)[0], MAX_TENSOR_BYTES)
 
 
 @functools.lru_cache(maxsize=64)
@@ -387,8 +460,8 @@ def steering_vector(key: tuple):
 def steered_path(run: Run, step: int, spec: str, coef: float, seed: int = 0) -> np.ndarray:
     """The agent's cells [T+1, 2] over one episode (seed `seed`, the run's env) with the policy steered."""
     key = steering_key(run, step, spec)
-    return _steered_path(file_key(checkpoint_path(run, step)), key, float(coef), _env_key(run.config["env"], "train"),
-                         int(seed))  # fmt: skip
+    return _steered_path(file_key(checkpoint_path(run, step)), key, coef_value(coef),
+                         _env_key(run.config["env"], "train"), seed_value(seed))  # fmt: skip
 
 
 @functools.lru_cache(maxsize=128)
@@ -425,6 +498,7 @@ def steering_effects(run: Run, step: int, spec: str, coef: float, episodes: int 
 
     key = steering_key(run, step, spec)
     ckpt = file_key(checkpoint_path(run, step))
+    coef = coef_value(coef)
     vector = steering_vector(key)
     metrics = {}
     base, steered = _rollout_rates(ckpt, None, 0.0, episodes), _rollout_rates(ckpt, key, float(coef), episodes)

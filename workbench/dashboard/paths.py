@@ -2,13 +2,17 @@
 
 Every path that comes from a browser (a dropdown value is just a string a client can forge) goes through
 `safe_path`, which refuses absolute paths, `..` components and anything that resolves, through a symlink or
-otherwise, outside the run directory. The results files are found by their columns, not their names, so a probe
-table written as `probes.parquet` or `sweeps/p-2.parquet` shows up the same way.
+otherwise, outside the run directory. Every file read goes through `safe_file` as well: the same rule, and it must
+be a regular file under a size cap (a FIFO or a device would hang the server; a huge file would exhaust it). That
+holds for the companion files found beside others too (a table's directions, a saved vector's tensors, the
+step-*.json of each checkpoint), not only for paths a browser names. The results files are found by their columns,
+not their names, so a probe table written as `probes.parquet` or `sweeps/p-2.parquet` shows up the same way.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path, PurePosixPath
 
 import pyarrow.parquet as pq
@@ -24,6 +28,9 @@ TABLE_KINDS = {
     "patching": {"hook", "per", "site", "source", "metric", "value", "ci_low", "ci_high"},
 }  # fmt: skip
 MAX_FILES = 500  # a run directory is small; stop listing rather than walk a huge tree
+MAX_JSON_BYTES = 16 << 20  # run.json, step-*.json, a directions index, a saved vector's index
+MAX_TENSOR_BYTES = 1 << 30  # a checkpoint, probe directions, a saved vector
+MAX_TABLE_BYTES = 2 << 30  # a results table
 
 
 class PathError(WorkbenchError, ValueError):
@@ -31,10 +38,11 @@ class PathError(WorkbenchError, ValueError):
 
 
 def run_root(run_dir: str | Path) -> Path:
-    """The run directory, resolved; it must exist and hold run.json."""
+    """The run directory, resolved; it must exist and hold run.json (a regular file inside it)."""
     root = Path(run_dir).resolve()
     if not root.is_dir() or not (root / "run.json").is_file():
         raise PathError(f"{run_dir} is not a run directory (no run.json): pass one written by `workbench train`.")
+    safe_file(root, "run.json", MAX_JSON_BYTES)
     return root
 
 
@@ -49,6 +57,34 @@ def safe_path(root: Path, relative: str) -> Path:
     if not path.is_relative_to(root):
         raise PathError(f"{relative!r} leads outside the run directory; it is not read.")
     return path
+
+
+def safe_file(root: Path, relative: str, max_bytes: int) -> Path:
+    """`safe_path`, and the path must be a regular file of at most `max_bytes` (PathError otherwise)."""
+    path = safe_path(root, relative)
+    try:
+        info = path.stat()
+    except FileNotFoundError as err:
+        raise PathError(f"{relative} does not exist (any more): reload the page to list the files again.") from err
+    except OSError as err:
+        raise PathError(f"{relative} cannot be read ({err.strerror}).") from err
+    if not stat.S_ISREG(info.st_mode):
+        raise PathError(f"{relative!r} is not a regular file (a FIFO, device or folder); it is not read.")
+    if info.st_size > max_bytes:
+        raise PathError(f"{relative!r} is {info.st_size / 1e6:.0f} MB, more than the {max_bytes / 1e6:.0f} MB the "
+                        "dashboard reads for such a file; it is not read.")  # fmt: skip
+    return path
+
+
+def inside(root: Path, path: Path, max_bytes: int) -> Path:
+    """`safe_file` for a path found by the dashboard itself (absolute, or relative to root)."""
+    path = Path(path)
+    if path.is_absolute():
+        try:
+            path = path.relative_to(root)
+        except ValueError:
+            raise PathError(f"{path} lies outside the run directory; it is not read.") from None
+    return safe_file(root, path.as_posix(), max_bytes)
 
 
 def relative(root: Path, path: Path) -> str:
@@ -72,6 +108,8 @@ def find_tables(root: Path) -> dict[str, list[str]]:
             try:
                 if not path.resolve().is_relative_to(root):
                     continue  # a symlink out of the run directory
+                if not stat.S_ISREG(path.stat().st_mode):
+                    continue  # a FIFO or device would block the read
                 columns = set(pq.read_schema(path).names)
             except (OSError, ValueError):
                 continue

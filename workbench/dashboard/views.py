@@ -12,8 +12,9 @@ import functools
 import numpy as np
 from dash import Input, Output, State, ctx, dcc, html, no_update
 
+from workbench import guards
 from workbench.dashboard import data, figures
-from workbench.errors import WorkbenchError
+from workbench.errors import ConfigError, WorkbenchError
 
 GRAPH_CONFIG = {"displaylogo": False}
 ROW = {"display": "flex", "flexWrap": "wrap", "gap": "12px", "alignItems": "flex-start"}
@@ -42,6 +43,18 @@ def labelled(text: str, control) -> html.Div:
 
 def step_options(run: data.Run) -> list[dict]:
     return [{"label": f"step {s:,}", "value": s} for s in run.steps]
+
+
+def position(value, name: str) -> int:
+    """A slider or index control's value (None: 0) as an int, or a WorkbenchError (shown in the view)."""
+    return guards.check_int(0 if value is None else value, name, 0, 10**7)
+
+
+def text(value, name: str) -> str | None:
+    """A dropdown's value: a string or None; anything else (a forged request) is refused."""
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(f"{name} {value!r} is not one of the choices offered.")
+    return value
 
 
 def guarded(n_outputs: int, *messages: int):
@@ -107,8 +120,8 @@ def episode_callbacks(app, run: data.Run) -> None:
     )
     @guarded(2)
     def episode_length(step, seed, distribution, _prev, _next, t):
-        last = len(data.episode(run, step, seed or 0, distribution)) - 1
-        t = int(t or 0)
+        last = len(data.episode(run, step, seed, distribution)) - 1
+        t = position(t, "frame")
         if ctx.triggered_id == "ep-prev":
             t -= 1
         elif ctx.triggered_id == "ep-next":
@@ -129,8 +142,9 @@ def episode_callbacks(app, run: data.Run) -> None:
     )
     @guarded(4, 0, 1, 2)
     def episode_frame(step, seed, distribution, t):
-        ep = data.episode(run, step, seed or 0, distribution)
-        t = int(np.clip(t or 0, 0, len(ep) - 1))
+        ep = data.episode(run, step, seed, distribution)
+        step = data.step_value(step)
+        t = min(position(t, "frame"), len(ep) - 1)
         names = data.action_names(ep.probs.shape[1])
         chosen = int(ep.actions[t]) if t < len(ep.actions) else None
         info = [
@@ -193,10 +207,10 @@ def activation_callbacks(app, run: data.Run) -> None:
                   Input("act-hook", "value"), State("act-index", "value"))  # fmt: skip
     @guarded(2)
     def index_range(step, hook, index):
-        if hook is None:
+        if text(hook, "hook") is None:
             return no_update, no_update
         _, n = figures.n_indices(data.hook_names(run, step).get(hook, ()), hook)
-        return max(n - 1, 0), min(int(index or 0), max(n - 1, 0))
+        return max(n - 1, 0), min(position(index, "channel / head"), max(n - 1, 0))
 
     @app.callback(
         Output("act-fig", "figure"),
@@ -211,13 +225,13 @@ def activation_callbacks(app, run: data.Run) -> None:
     )
     @guarded(2, 0, 1)
     def activation(step, hook, index, ep_step, seed, distribution, t):
-        ep = data.episode(run, ep_step, seed or 0, distribution)
-        t = int(np.clip(t or 0, 0, len(ep) - 1))
-        frame = figures.frame(ep.obs[t], f"frame {t} (episode of checkpoint {ep_step:,})")
-        if hook is None:
+        ep = data.episode(run, ep_step, seed, distribution)
+        t = min(position(t, "frame"), len(ep) - 1)
+        frame = figures.frame(ep.obs[t], f"frame {t} (episode of checkpoint {data.step_value(ep_step):,})")
+        if text(hook, "hook") is None:
             return figures.message("choose a hook"), frame
         act = data.activation(run, step, ep.obs[t], hook)
-        return figures.activation(act, hook, int(index or 0)), frame
+        return figures.activation(act, hook, position(index, "channel / head")), frame
 
 
 # ---------------------------------------------------------------------------------------------- probes
@@ -263,7 +277,7 @@ def probe_callbacks(app, run: data.Run) -> None:
             return figures.message(MISSING["probes"], "probe selectivity")
         if step is None:
             return figures.message("choose a checkpoint", "probe selectivity")
-        return figures.selectivity_heatmap(data.probe_tables(run, table)[1], int(step))
+        return figures.selectivity_heatmap(data.probe_tables(run, table)[1], data.step_value(step))
 
     @app.callback(
         Output("probe-curves", "figure"),
@@ -281,11 +295,13 @@ def probe_callbacks(app, run: data.Run) -> None:
     def probe_detail(click, table, step, ep_step, seed, distribution, t):
         if not table or step is None:
             return figures.message(MISSING["probes"]), figures.message("click a cell of the heatmap"), no_update
+        step = data.step_value(step)
         scores, best = data.probe_tables(run, table)
-        at = best[best["step"] == int(step)]
+        at = best[best["step"] == step]
         if at.empty:
             return figures.message("no probes at this step"), figures.message(""), no_update
-        point = (click or {}).get("points", [{}])[0]
+        points = click.get("points") if isinstance(click, dict) else None
+        point = points[0] if isinstance(points, list) and points and isinstance(points[0], dict) else {}
         chosen = at[(at["hook"] == point.get("y")) & (at["label"] == point.get("x"))]
         # before any click (or a click on another table's cell): the most selective probe at this step
         top = (chosen if len(chosen) else at.sort_values("selectivity", ascending=False)).iloc[0]
@@ -294,9 +310,9 @@ def probe_callbacks(app, run: data.Run) -> None:
         direction = data.find_direction(data.probe_directions(run, table), int(step), hook, label, probe)
         if direction is None:
             return curves, figures.message(f"no saved direction for {label} on {hook} at step {step}"), no_update
-        ep = data.episode(run, ep_step, seed or 0, distribution)
-        t = int(np.clip(t or 0, 0, len(ep) - 1))
-        act = data.activation(run, int(step), ep.obs[t], hook)  # the probe's own checkpoint, the player's frame
+        ep = data.episode(run, ep_step, seed, distribution)
+        t = min(position(t, "frame"), len(ep) - 1)
+        act = data.activation(run, step, ep.obs[t], hook)  # the probe's own checkpoint, the player's frame
         return curves, figures.direction_grid(direction), figures.probe_on_frame(direction, act, t)
 
 
@@ -390,6 +406,7 @@ def patching_callbacks(app, run: data.Run) -> None:
     def patching(table, hook, metric):
         if not table:
             return figures.message(MISSING["patching"], "patching")
+        hook, metric = text(hook, "hook"), text(metric, "metric")
         return figures.patching(data.read_table(run.root, [table]), hook, metric)
 
 
@@ -414,9 +431,9 @@ def steering_callbacks(app, run: data.Run) -> None:
     )
     @guarded(2, 0, 1)
     def steer(step, spec, coef, seed):
-        if not spec:
+        if not text(spec, "vector"):
             return figures.message("choose a vector"), figures.message("")
-        seed, coef = int(seed or 0), float(coef or 0)
+        step, seed, coef = data.step_value(step), data.seed_value(seed), data.coef_value(coef)
         if (step, spec) not in prefetched:  # the other slider positions, nearest first, in the background
             prefetched.add((step, spec))
             data.prefetch_steering(run, step, spec, sorted(COEFS, key=lambda c: abs(c - coef)))
@@ -453,6 +470,7 @@ def behaviour_layout(run: data.Run) -> html.Div:
 
 def behaviour_callbacks(app, run: data.Run) -> None:
     @app.callback(Output("beh-training", "figure"), Input("beh-table", "id"))
+    @guarded(1, 0)
     def training(_):
         return figures.training_metrics(data.load_run(run.root).metrics)
 
@@ -462,7 +480,7 @@ def behaviour_callbacks(app, run: data.Run) -> None:
     def metrics(tables, current):
         if not tables:
             return [], None
-        names = list(data.read_table(run.root, list(tables))["metric"].unique())
+        names = list(data.read_table(run.root, tables)["metric"].unique())
         preferred = [n for n in ("reward_choice", "deposit_rate", "goal_rate", "success_rate") if n in names]
         return names, current if current in names else (preferred or names)[0]
 
@@ -471,6 +489,6 @@ def behaviour_callbacks(app, run: data.Run) -> None:
     def behaviour(tables, metric):
         if not tables:
             return figures.message(MISSING["behaviour"], "behaviour")
-        if metric is None:
+        if text(metric, "metric") is None:
             return figures.message("choose a metric", "behaviour")
-        return figures.behaviour(data.read_table(run.root, list(tables)), metric)
+        return figures.behaviour(data.read_table(run.root, tables), metric)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from workbench.errors import ConfigError, unknown_name
 
 MIN_ROOM, MAX_ROOM = 5, 12
+MAX_STEPS = 10_000  # the longest episode an env option may ask for
 # The button's default look: chosen by the salience check (`workbench.choice`, the docs' E3 page) as the look that
 # policies which never saw a button step on no more often than on an invisible one.
 DEFAULT_BUTTON_COLOR = "teal"
@@ -118,9 +119,13 @@ def make_config(variant: str = "trash", **options) -> EnvConfig:
 def _validate(cfg: EnvConfig) -> None:
     from workbench.envs.schedules import SCHEDULES
 
-    if not isinstance(cfg.room_size, int) or not MIN_ROOM <= cfg.room_size <= MAX_ROOM:
+    if (
+        not isinstance(cfg.room_size, int)
+        or isinstance(cfg.room_size, bool)
+        or not MIN_ROOM <= cfg.room_size <= MAX_ROOM
+    ):
         raise ConfigError(f"room_size={cfg.room_size!r} is not allowed: use an integer from {MIN_ROOM} to {MAX_ROOM}.")
-    if not isinstance(cfg.n_trash, int) or cfg.n_trash < 0:
+    if not isinstance(cfg.n_trash, int) or isinstance(cfg.n_trash, bool) or cfg.n_trash < 0:
         raise ConfigError(f"n_trash={cfg.n_trash!r} is not allowed: use an integer >= 0.")
     cells = cfg.room_size**2
     if cfg.n_objects > cells:
@@ -131,8 +136,9 @@ def _validate(cfg: EnvConfig) -> None:
         )
     if cfg.variant in ("trash", "blueroom", "button") and cfg.n_trash < 1:
         raise ConfigError(f"variant {cfg.variant!r} needs n_trash >= 1 (its task is depositing trash).")
-    if not isinstance(cfg.max_steps, int) or cfg.max_steps < 1:
-        raise ConfigError(f"max_steps={cfg.max_steps!r} is not allowed: use a positive integer.")
+    if not isinstance(cfg.max_steps, int) or isinstance(cfg.max_steps, bool) or not 1 <= cfg.max_steps <= MAX_STEPS:
+        raise ConfigError(f"max_steps={cfg.max_steps!r} is not allowed: use an integer from 1 to {MAX_STEPS:,} (an "
+                          "episode that long never ends in practice, and evaluation would run for hours).")  # fmt: skip
     if cfg.schedule not in SCHEDULES:
         raise unknown_name("reward schedule", cfg.schedule, SCHEDULES)
     allowed = DISTRIBUTIONS.get(cfg.variant, ("train",))
