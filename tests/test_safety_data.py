@@ -630,3 +630,42 @@ def test_memory_refusal_names_the_figure_and_the_option(tmp_path):
     with pytest.raises(ConfigError, match=r"needs a rollout buffer of [\d.]+ GiB.*lower --ppo n_steps or n_envs"):
         train(cfg, tmp_path / "never", device="cpu")
     assert not (tmp_path / "never").exists()
+
+
+# ---------------------------------------------------------------------------------------------- kills
+def test_sigkill_during_a_probe_sweep_never_leaves_a_silent_mix(tmp_path):
+    """`workbench probe` killed at random moments near its end (where it commits): the table beside its
+    directions and resamples is always one sweep's set, or the mix is refused by name; a rerun finishes."""
+    import random
+    import shutil
+
+    import probes
+
+    run = tmp_path / "run"
+    shutil.copytree(ROOT / "checkpoints" / "trash-cnn-s3", run)
+    out = tmp_path / "probes.parquet"
+    cmd = [sys.executable, "-m", "workbench.cli", "probe", str(run), "--steps", "300", "--hooks", "fc.hook_out",
+           "--labels", "carrying,reward", "--out", str(out), "--quiet"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    start = time.perf_counter()
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    duration = time.perf_counter() - start
+    rng = random.Random(0)
+    for _ in range(4):
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.7, 1.05) * duration)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        table = pd.read_parquet(out)  # never torn: the table is renamed into place whole
+        assert len(table) > 0
+        try:
+            directions = probes.load_directions(out)
+            probes.load_resamples(out)
+        except ProbeError as err:  # a kill between the renames: refused by name, never read as one set
+            assert "interrupted" in str(err) or "another sweep" in str(err), err
+        else:
+            assert {d.label for d in directions} <= {"carrying", "reward"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert probes.load_directions(out) and probes.load_resamples(out) is not None
