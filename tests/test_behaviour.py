@@ -32,7 +32,7 @@ from workbench.cli import app
 from workbench.envs import BatchEnv, make_config
 from workbench.errors import CheckpointError, ConfigError, WorkbenchError
 from workbench.evaluate import rollout_episodes, summarize
-from workbench.train import NAMED_CONFIGS, TrainConfig, _check, named_config, train
+from workbench.train import NAMED_CONFIGS, TrainConfig, check_config, named_config, train
 
 runner = CliRunner()
 ROOT = Path(__file__).parents[1]
@@ -249,7 +249,7 @@ def test_named_button_regimes_train_as_documented():
     rates = {}
     for name in ("button-never", "button-rewarded", "button-fraction"):
         cfg = named_config(name)
-        _check(cfg)
+        check_config(cfg)
         env = BatchEnv(make_config(**cfg.env), n_envs=2000, seed=0)
         rates[name] = env.state.button_on.mean()
         assert not env.state.choice.any() and env.config.schedule == "deposit-or-button"
@@ -260,7 +260,7 @@ def test_named_button_regimes_train_as_documented():
 
     for name, cue in (("button-matched", None), ("button-choice", False), ("button-choice-marked", True)):
         cfg = named_config(name)
-        _check(cfg)
+        check_config(cfg)
         env = BatchEnv(make_config(**cfg.env), n_envs=2000, seed=0)
         state = env.state
         assert env.config.n_trash == 1 and state.button_on.all() and env.config.schedule == "deposit-or-button"

@@ -279,6 +279,8 @@ def train(
                                resume=resume, address=ray_address,
                                progress=lambda done, total: console.print(f"trained {done}/{total} runs"))  # fmt: skip
     else:
+        if not resume:
+            training.check_config(cfg)  # a bad setting is one line, before the progress display starts
         stats = "{rate:>7.0f} env-steps/s  return {ret:.2f}  deposit-all {success:.0%}"
         with Progress("train", console, quiet=quiet, stats=stats) as update:
 

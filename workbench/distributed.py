@@ -152,7 +152,7 @@ def train_seeds(
     from workbench.checkpoints import list_steps
 
     for cfg, run_dir in jobs:
-        training._check(cfg)  # fail here, before any task starts
+        training.check_config(cfg)  # fail here, before any task starts
         if run_dir.exists() and list_steps(run_dir):
             raise ConfigError(f"{run_dir} already holds checkpoints: choose another --out.")
     import torch

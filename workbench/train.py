@@ -154,7 +154,7 @@ def _check_number(name: str, value, low: float, high: float, low_in: bool, high_
         raise ConfigError(f"{name}={value!r}: use a finite number in {span}.")
 
 
-def _check(config: TrainConfig) -> None:
+def check_config(config: TrainConfig) -> None:
     """Every setting in its valid range, each error one line naming the setting, its value and the range."""
     for section in ("env", "policy", "ppo"):
         if not isinstance(getattr(config, section), dict):
@@ -278,7 +278,7 @@ def train(
     out = Path(out)
     device = resolve_device(device)
     if config is not None:
-        _check(config)  # before anything is created or locked
+        check_config(config)  # before anything is created or locked
     with ckpt.RunLock(out, "resuming" if resume else "training"):  # one writer at a time, for the whole training
         return _train_locked(config, out, resume, device, progress, stop_when_solved, max_train_seconds)
 
@@ -299,7 +299,7 @@ def _train_locked(config, out: Path, resume: bool, device: str, progress, stop_w
                 raise ConfigError(f"--resume of {out} with settings that differ from its run.json "
                                   f"({'; '.join(diffs)}). Resume with the run's own settings, or train a new run "
                                   "under another --out.")  # fmt: skip
-        _check(stored)
+        check_config(stored)
         start_step, train_state = _latest_resumable(out, run)
         series = [s for s in run.get("checkpoint_steps", []) if isinstance(s, int)]
         if config is not None and config.total_steps > stored.total_steps:
@@ -314,7 +314,7 @@ def _train_locked(config, out: Path, resume: bool, device: str, progress, stop_w
         _remove_uncommitted(out, start_step)
     else:
         config = config or TrainConfig()
-        _check(config)
+        check_config(config)
         if ckpt.list_steps(out):
             raise ConfigError(f"{out} already holds checkpoints: pass --resume to continue it, or another --out.")
         run_id = ckpt.new_run_id()
