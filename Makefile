@@ -4,14 +4,14 @@ PY := $(VENV)/bin/python
 # The CPU wheel of torch that lies on these machines; override with TORCH="torch>=2.6" elsewhere.
 TORCH ?= torch==2.13.0
 
-.PHONY: install demo test test-slow test-all lint bench clean
+.PHONY: install demo test test-slow test-all lint bench docs clean
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev,bench,dashboard,ray]"
+	$(PY) -m pip install -q -e ".[dev,bench,dashboard,ray,docs]"
 	touch $@
 
 demo: install
@@ -31,6 +31,10 @@ test-slow: install
 
 test-all: lint
 	$(VENV)/bin/pytest
+
+# The API reference (build/api/index.html) from the docstrings; fails on a pdoc warning or a stale reference.
+docs: install
+	$(PY) docs/build_api.py --out build/api
 
 bench: install
 	$(VENV)/bin/workbench bench

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,30 @@ import pandas as pd
 from workbench.errors import CheckpointError
 from workbench.io import atomic_write_bytes
 
-CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
+CHECKPOINTS_SETTING = "WORKBENCH_CHECKPOINTS"
+
+
+def bundled_checkpoints() -> Path:
+    """Where the bundled checkpoint series are: the folder named by the WORKBENCH_CHECKPOINTS environment variable,
+    else `checkpoints/` of the repository checkout this package runs from. An installed wheel does not carry the
+    series (58 MB): point the variable (or `--checkpoints`) at a checkout's `checkpoints/` folder."""
+    named = os.environ.get(CHECKPOINTS_SETTING)
+    return Path(named).expanduser() if named else Path(__file__).resolve().parent.parent / "checkpoints"
+
+
+def check_checkpoints(folder: str | Path) -> Path:
+    """The folder of checkpoint series, or a clear error naming the setting when there is none there."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(
+            f"no checkpoint series folder at {folder}: the bundled series ship with the repository checkout "
+            f"(its checkpoints/ folder), not with an installed package. Set {CHECKPOINTS_SETTING}=/path/to/"
+            "reward-workbench/checkpoints, or pass --checkpoints DIR (make the series with checkpoints/make.py)."
+        )
+    return folder
+
+
+CHECKPOINTS = bundled_checkpoints()
 OUT = Path("analysis-out")
 
 
@@ -51,7 +75,7 @@ class Result:
 
 def series(checkpoints: str | Path, name: str) -> Path:
     """A bundled series' run directory; a clear error naming the command that makes it when it is absent."""
-    path = Path(checkpoints) / name
+    path = check_checkpoints(checkpoints) / name
     if not (path / "run.json").exists():
         raise CheckpointError(
             f"the checkpoint series {name!r} is not in {checkpoints}: make it with "

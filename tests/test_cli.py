@@ -97,3 +97,26 @@ def test_bench_collect_and_probes_quick_json():
     probes = figures["probes"]["D=64"]
     assert probes["ours_s"] > 0 and probes["speedup"] == pytest.approx(probes["sklearn_grid_s"] / probes["ours_s"], 0.1)
     assert probes["max_metric_diff_points"] < 5  # same probes, same held-out metric
+
+
+def test_piped_tables_keep_whole_names_and_tables_write_as_parquet_or_csv(tiny_run, tmp_path):
+    import pandas as pd
+
+    # stdout is a pipe here: no name may be cut to an 80-column guess ("blocks.1.attn.hook_patt…")
+    hooks = run_cli("hooks", str(ROOT / "checkpoints" / "trash-transformer-s0"))
+    assert hooks.returncode == 0, hooks.stderr
+    assert "blocks.1.attn.hook_pattern" in hooks.stdout and "…" not in hooks.stdout
+    csv = tmp_path / "behaviour.csv"
+    result = runner.invoke(app, ["eval", str(tiny_run), "--episodes", "4", "--out", str(csv)])
+    assert result.exit_code == 0, result.output
+    assert {"metric", "value"} <= set(pd.read_csv(csv).columns)
+    result = runner.invoke(app, ["probe", str(tiny_run), "--steps", "300", "--hooks", "fc.hook_out", "--labels",
+                                 "carrying,reward", "--out", str(tmp_path / "p.parquet"), "--csv",
+                                 str(tmp_path / "p.csv"), "--quiet"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert len(pd.read_csv(tmp_path / "p.csv")) == len(pd.read_parquet(tmp_path / "p.parquet"))
+    for args in (["eval", str(tiny_run), "--out", str(tmp_path / "b.xlsx")],
+                 ["probe", str(tiny_run), "--out", str(tmp_path / "p.csv")]):  # fmt: skip
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and (".parquet or .csv" in result.output or "a probe table is parquet" in
+                                          result.output), result.output  # fmt: skip

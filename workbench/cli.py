@@ -17,6 +17,39 @@ from workbench.errors import ConfigError, WorkbenchError
 from workbench.progress import Progress
 
 console = Console(stderr=True, soft_wrap=True)
+TABLE_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
+
+
+def show(view) -> None:
+    """Print a rich table for people on stdout. Piped or redirected (not a terminal), it is laid out at its natural
+    width, so that no hook or label name is cut ("return_…") by an 80-column guess."""
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=100_000)  # a table takes only the width its contents need
+    out.print(view)
+
+
+def table_format(out: Path | None, option: str = "--out") -> str | None:
+    """The format a table path asks for (.parquet / .pq or .csv), checked before any work."""
+    if out is None:
+        return None
+    fmt = TABLE_FORMATS.get(Path(out).suffix.lower())
+    if fmt is None:
+        raise ConfigError(f"{option} {out}: a table is written as .parquet or .csv; end the name with one of them.")
+    return fmt
+
+
+def write_table_file(table, out: Path, option: str = "--out") -> Path:
+    """Write a tidy table atomically as parquet or CSV, chosen by `out`'s suffix."""
+    import io
+
+    from workbench.io import atomic_write_bytes
+
+    if table_format(out, option) == "csv":
+        return atomic_write_bytes(out, table.to_csv(index=False).encode())
+    buffer = io.BytesIO()
+    table.to_parquet(buffer, index=False)
+    return atomic_write_bytes(out, buffer.getvalue())
 
 
 class OneLineErrors(TyperGroup):
@@ -197,7 +230,7 @@ def bench(
         table.add_column("value", justify="right")
         for key, value in figures.items():
             table.add_row(key, str(value))
-        Console().print(table)
+        show(table)
 
 
 @app.command()
@@ -317,7 +350,7 @@ def hooks(checkpoint: Path = typer.Argument(..., help="run directory or step-*.s
     table.add_column("shape")
     for name, shape in hook_shapes(policy).items():
         table.add_row(name, str(list(shape)))
-    Console().print(table)
+    show(table)
     aliases = getattr(policy, "hook_aliases", {})
     if aliases:  # SB3 names some activations twice: listed once, the other names still reach the same hook
         typer.echo("Each activation is listed once; these names are the same activation (run_with_hooks accepts "
@@ -376,7 +409,7 @@ def eval_(
     seed: int = typer.Option(12345, help="seed of the evaluation episodes", parser=SEED),
     option: list[str] = typer.Option([], "--option", "-o", help="env option key=value, repeatable"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
-    out: Annotated[Path | None, typer.Option("--out", help="also write the tidy behaviour table (parquet)")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="also write the tidy table (.parquet or .csv)")] = None,
 ) -> None:
     """Evaluate checkpoints on fresh episodes: task metrics (sampled actions; argmax beside them) and the
     behavioural tests of the variant (button: the choice test; blueroom, redgoal: training vs test distribution).
@@ -396,6 +429,7 @@ def eval_(
     if isinstance(checkpoints, str | Path):
         checkpoints = [checkpoints]  # called from Python (demo) with one run
     guards.check_output(out)
+    table_format(out)
     specs = [m for c in map(str, checkpoints) for m in (sorted(glob.glob(c)) if glob.has_magic(c) else [c])]
     if not specs:
         raise WorkbenchError(f"no run directory matches {' '.join(map(str, checkpoints))}: check the pattern.")
@@ -442,13 +476,7 @@ def eval_(
     if len(subjects) > 1:
         table = pd.concat([table, across_seeds(table)], ignore_index=True)
     if out is not None:
-        import io
-
-        from workbench.io import atomic_write_bytes
-
-        buffer = io.BytesIO()
-        table.to_parquet(buffer, index=False)
-        atomic_write_bytes(out, buffer.getvalue())
+        write_table_file(table, out)
     if as_json:
         rows = json.loads(table.to_json(orient="records"))  # NaN becomes null
         result = {**(summaries[0] if len(summaries) == 1 else {}), "runs": summaries, "rows": rows}
@@ -467,7 +495,7 @@ def eval_(
             if key in ("checkpoint", "step", "env", "episodes", "intervals") or key.startswith("argmax_"):
                 continue
             task.add_row(key, f"{value:.3f}", f"{metrics.get('argmax_' + key, float('nan')):.3f}")
-        Console().print(task)
+        show(task)
     _print_behaviour(table, across=len(subjects) > 1)
     if minigrid:
         typer.echo("95% intervals are episode-level: Wilson for rates, Student-t for means, over the episodes played.")
@@ -517,7 +545,7 @@ def _print_behaviour(table, across: bool) -> None:
                          & (table["condition"] == row.condition) & (table["metric"] == row.metric)]  # fmt: skip
             cells.append(" / ".join(f"{v:.3f}" for v in same["value"]))
         view.add_row(*cells)
-    Console().print(view)
+    show(view)
     choices = table[(table["distribution"] == "choice") & (table["interval"] != "t-across-seeds")]
     for run, rows in choices.groupby("run", sort=False):
         by = {r.metric: r._asdict() for r in rows.itertuples() if r.condition in ("all", "invisible", "random walk")}
@@ -572,14 +600,16 @@ def choice_test(
         if isinstance(row, dict) and "value" in row:
             low, high = row["ci_low"], row["ci_high"]
             view.add_row(name, f"{row['value']:.3f}", f"{low:.3f}-{high:.3f}" if low == low else "-", str(row["n"]))
-    Console().print(view)
+    show(view)
     typer.echo(result["verdict"])
 
 
 @app.command()
 def demo(
     out: Path = typer.Option(Path("demo-out"), help="folder for the tables, figures and report.html"),
-    checkpoints: Path = typer.Option(None, help="folder of the checkpoint series (default: the bundled ones)"),
+    checkpoints: Path = typer.Option(
+        None, help="folder of the checkpoint series (default: $WORKBENCH_CHECKPOINTS, else the checkout's checkpoints/)"
+    ),
     quick: bool = typer.Option(False, help="fewer rollouts and observations: a smoke run"),
 ) -> None:
     """The main job: the study E1-E5 on the bundled checkpoints (probes, patching, the reward-optimizer choice
@@ -589,20 +619,21 @@ def demo(
     """
     from rich.table import Table
 
-    from analysis.common import CHECKPOINTS
+    from analysis.common import CHECKPOINTS, check_checkpoints
     from analysis.demo import run_all
 
     guards.check_output(out, kind="dir")
+    checkpoints = check_checkpoints(checkpoints or CHECKPOINTS)  # before any work: one line naming the setting
 
     with Progress("demo", console, spinner=True) as update:
         update("E1-E5 on the bundled checkpoints")
-        _, table, path = run_all(checkpoints or CHECKPOINTS, out, quick, progress=update)
+        _, table, path = run_all(checkpoints, out, quick, progress=update)
     view = Table(title="What reward chiselled into the bundled policies (95% intervals)")
     for column in table.columns:
         view.add_column(column, overflow="fold")
     for row in table.itertuples(index=False):
         view.add_row(*(str(v) for v in row))
-    Console().print(view)
+    show(view)
     console.print(f"wrote {path} (open it in a browser; it works offline) and the tables beside it")
 
 
@@ -629,6 +660,11 @@ def probe(
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar or progress lines (for scripts)"),
     backend: str = typer.Option("local", help="local | ray: checkpoints as Ray tasks (needs the ray extra)"),
     ray_address: str = typer.Option(None, "--ray-address", help="Ray cluster HEAD:6379 (default: RAY_ADDRESS)"),
+    csv: Path = typer.Option(
+        None,
+        "--csv",
+        help="also write the table as CSV (the parquet --out carries the id that ties it to its directions)",
+    ),  # fmt: skip
 ) -> None:
     """Fit linear probes (with shuffled, random-init, baseline and best-unit controls) on every checkpoint of
     a run, on one shared set of observations; write one tidy table and the probe directions.
@@ -642,13 +678,21 @@ def probe(
     from probes.resamples import resamples_path
     from workbench.train import resolve_device
 
+    if table_format(out) != "parquet":
+        raise ConfigError(f"--out {out}: a probe table is parquet (its metadata ties it to its directions and "
+                          "resamples); add --csv PATH for a CSV copy.")  # fmt: skip
     guards.check_output(out, companions=(*direction_paths(out), resamples_path(out)))
+    if csv is not None:
+        table_format(csv, "--csv")
+        guards.check_output(csv, option="--csv")
     hook_names, label_names = guards.names(hooks, "--hooks"), guards.names(labels, "--labels")
     _check_probe_memory(run_or_ckpt, hook_names, steps)
     kwargs = dict(hooks=hook_names, labels=label_names, n_steps=steps, seed=seed,
                   device=resolve_device(device), out=out, backend=backend, ray_address=ray_address)  # fmt: skip
     with Progress("probe", console, quiet=quiet) as update:
         table = probe_sweep(run_or_ckpt, progress=update, **kwargs)
+    if csv is not None:
+        write_table_file(table, csv, "--csv")
     best = summary(table)
     metric = best.metric.iloc[0] if len(best) else "info_gain"
     view = Table(title=f"best probe per label: chosen on validation selectivity; test {metric} and selectivity (score "
@@ -658,7 +702,7 @@ def probe(
     for row in best.itertuples():
         view.add_row(row.label, row.label_set, str(row.step), row.hook, row.probe, f"{row.value:.3f}",
                      f"[{row.ci_low:.3f}, {row.ci_high:.3f}]", f"{row.selectivity:+.3f}")  # fmt: skip
-    Console().print(view)
+    show(view)
     skipped = table.loc[table["metric"] == "skipped", "note"].unique()
     for note in skipped:
         console.print(f"skipped: {note}")
@@ -692,7 +736,7 @@ def patch_cmd(
     factor: str = typer.Option(
         ..., help="what the pairs differ in: trash | colour | button | goal | carrying; MiniGrid: key | carrying | door"
     ),
-    out: Path = typer.Option(..., help="table to write (parquet): one row per hook x site x source x metric"),
+    out: Path = typer.Option(..., help="table to write (.parquet or .csv): one row per hook x site x source x metric"),
     hooks: list[str] = typer.Option(
         [], "--hooks", help="hook names, repeatable or comma-separated (default: conv maps and fc / resid_post and z)"
     ),
@@ -712,17 +756,16 @@ def patch_cmd(
 
     Example: workbench patch runs/trash-cnn --factor trash --hooks conv.1.hook_out,fc.hook_out --out patch.parquet
     """
-    import io
 
     from rich.table import Table
 
     from workbench.checkpoints import load_policy
     from workbench.contrast import contrast_pairs
-    from workbench.io import atomic_write_bytes
     from workbench.patching import check_patch_memory, default_patch_hooks, patch
     from workbench.steering import policy_env
 
     guards.check_output(out)
+    table_format(out)
     hook_names = guards.names(hooks, "--hooks")
     policy = load_policy(checkpoint)
     world = policy.run["env"].get("world")
@@ -738,9 +781,7 @@ def patch_cmd(
     else:
         contrast = contrast_pairs(factor, pairs, seed, config=policy_env(policy), mode=mode)
     table = patch(policy, contrast, names, per=per, seed=seed)
-    buffer = io.BytesIO()
-    table.to_parquet(buffer, index=False)
-    atomic_write_bytes(out, buffer.getvalue())
+    write_table_file(table, out)
     effect = table[table.metric == "normalised_effect"]
     view = Table(title=f"{contrast.factor}: top sites by normalised effect (0 corrupted, 1 clean) — {out}")
     for column in ("hook", "site", "effect", "95% CI", "noise"):
@@ -751,7 +792,7 @@ def patch_cmd(
         for row in rows.head(5).itertuples():
             view.add_row(hook, row.site, f"{row.value:.3f}", f"[{row.ci_low:.3f}, {row.ci_high:.3f}]",
                          f"{noise.get(row.site, float('nan')):.3f}")  # fmt: skip
-    Console().print(view)
+    show(view)
     console.print(f"wrote {out} ({len(table)} rows, {len(contrast)} pairs)")
 
 
@@ -834,7 +875,7 @@ def steer_cmd(
         cells += [f"{row['null'][kind]['percentile']:.0f} ({row['null'][kind]['p_value']:.2g})" for kind in kinds]
         cells += ["yes" if row["sign_specific"] else "no"] if kinds and reverse else []
         view.add_row(*cells)
-    Console().print(view)
+    show(view)
     if kinds:
         console.print(
             f"nulls: {n_random} random vectors of each kind at x {coef:g} on the same episodes (norm: the vector's "
