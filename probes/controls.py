@@ -4,8 +4,10 @@
   draw is one sample of a wide distribution: on the bundled TrashGrid CNNs, changing only the init seed (0..3)
   moved the best reward-side selectivity between 0.13 and 0.34, which flipped a verdict. So the control is
   `n` draws (init seeds seed, seed + 1, ...; one replay of the dataset per seed, every hook at once), and the
-  table reports their mean (the control_value that selectivity is taken against) and spread (control_sd,
-  control_min, control_max). `RandomInitDraws` gathers the draws' scores and sets them on each probe's score.
+  table reports their median (the control_value that selectivity is taken against) and spread (control_sd,
+  control_min, control_max). The median, not the mean: a draw whose features have a near-zero spread on the train
+  rows can blow up on the test rows (a ridge probe of return-to-go on one random CNN scored R² -206 while the
+  other draws scored ~0.4), and a mean would carry that draw into every selectivity (0.94 instead of 0.47). `RandomInitDraws` gathers the draws' scores and sets them on each probe's score.
 - control_task (Hewitt & Liang 2019, "Designing and interpreting probes with control tasks"): a task with the
   label's distribution whose answers the world does not explain. Each distinct input (an observation: its
   pixels, `input_types`) gets the label of one row drawn at random, fixed for every row that shows that input;
@@ -74,20 +76,20 @@ class RandomInitDraws:
         return len(self.draws)
 
     def apply(self, s) -> None:
-        """Set a probe's random_init control: the mean over draws (test and validation) and the test spread."""
+        """Set a probe's random_init control: the median over draws (test and validation) and the test spread."""
         draws = self.draws.get((s.hook, s.label, s.probe))
         if not draws:
             return
         test = {m: np.array([d[0].get(m, math.nan) for d in draws], dtype=np.float64) for m in draws[0][0]}
         val = {m: np.array([d[1].get(m, math.nan) for d in draws], dtype=np.float64) for m in draws[0][1]}
-        s.controls["random_init"] = {m: _mean(v) for m, v in test.items()}
-        s.control_val["random_init"] = {m: _mean(v) for m, v in val.items()}
+        s.controls["random_init"] = {m: _median(v) for m, v in test.items()}
+        s.control_val["random_init"] = {m: _median(v) for m, v in val.items()}
         s.spread["random_init"] = {m: _spread(v) for m, v in test.items()}
 
 
-def _mean(values: np.ndarray) -> float:
+def _median(values: np.ndarray) -> float:
     finite = values[~np.isnan(values)]
-    return float(finite.mean()) if len(finite) else math.nan
+    return float(np.median(finite)) if len(finite) else math.nan
 
 
 def _spread(values: np.ndarray) -> tuple[float, float, float]:

@@ -16,7 +16,7 @@
    - shuffled: the same probe refitted on train labels dealt out across episodes (`shuffle_across_episodes`);
    - random_init: the same probe on the activations of randomly initialised policies of the same architecture,
      one per init seed (`random_init_seeds`, default 5, seeds `seed`, `seed + 1`, ...; one replay of the dataset
-     each); control_value is their mean, control_sd / control_min / control_max their spread (one draw moved a
+     each); control_value is their median, control_sd / control_min / control_max their spread (one draw moved a
      selectivity by 0.2 between seeds, measured);
    - control_task (classification labels; Hewitt & Liang 2019): the same probe fitted and scored on a control
      task, where each distinct input (observation) is given the label of one row drawn at random, fixed per

@@ -24,7 +24,7 @@ The table is tidy: one row per (step, hook, label, probe, metric, control).
                          control beside the score it controls)
     val_value            the same probe's score on the validation rows (what `probes.summary` chooses by)
     control, control_value   shuffled | random_init | control_task | baseline | best_unit, and its test score
-                         (random_init: the mean over its draws; control_task: classification labels with input
+                         (random_init: the median over its draws; control_task: classification labels with input
                          identities, else NaN; baseline: info_gain 0, the prior itself)
     control_sd, control_min, control_max   random_init rows: the sample standard deviation, min and max of the
                          control's test score over its draws (random_init_seeds); NaN on the other controls
