@@ -19,6 +19,7 @@ import pandas as pd
 from analysis import e1_trash, e2_blueroom, e3_button, e4_redgoal, e5_chiseling
 from analysis.common import CHECKPOINTS, Result
 from workbench.io import atomic_write_bytes
+from workbench.threads import one_torch_thread
 
 EXPERIMENTS = (e1_trash, e2_blueroom, e3_button, e4_redgoal, e5_chiseling)
 
@@ -31,7 +32,8 @@ def run_all(checkpoints=CHECKPOINTS, out: str | Path = "demo-out", quick: bool =
     results = []
     for module in EXPERIMENTS:
         start = time.perf_counter()
-        result = module.run(checkpoints, out=out, quick=quick, progress=progress)
+        with one_torch_thread():  # rollouts of small batches: a second thread only spins (30x slower when busy)
+            result = module.run(checkpoints, out=out, quick=quick, progress=progress)
         result.write(out)
         result.summary["seconds"] = round(time.perf_counter() - start, 1)
         results.append(result)

@@ -218,8 +218,24 @@ def test_bad_input_names_the_problem():
 def test_trace_run_on_a_bundled_series():
     table = tracer.trace_run(CHECKPOINTS / "trash-cnn-s0", "fc.hook_out", ["carrying"], n_obs=1500, n_push=256,
                              n_random=1, n_boot=20)  # fmt: skip
-    assert table.step.tolist() == [0, 4096, 8192, 12288, 16384, 24576, 32768, 45056, 61440, 81920, 110592, 151552,
-                                   204800, 274432, 372736, 503808]  # E5's traced series: 16 checkpoints
+    assert table.step.tolist() == [
+        0,
+        4096,
+        8192,
+        12288,
+        16384,
+        24576,
+        32768,
+        45056,
+        61440,
+        81920,
+        110592,
+        151552,
+        204800,
+        274432,
+        372736,
+        503808,
+    ]  # E5's traced series: 16 checkpoints
     assert set(table.run) == {"trash-cnn-s0"} and table.control_random_init.notna().all()
     assert (table.push_kl >= 0).all() and table.push_kl.iloc[-1] > 0.01  # the trained policy's output moves
     assert table.n_live.iloc[1] < 32 < table.n_live.iloc[0]  # most fc units die in the first update
