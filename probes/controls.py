@@ -7,7 +7,8 @@
   table reports their median (the control_value that selectivity is taken against) and spread (control_sd,
   control_min, control_max). The median, not the mean: a draw whose features have a near-zero spread on the train
   rows can blow up on the test rows (a ridge probe of return-to-go on one random CNN scored R² -206 while the
-  other draws scored ~0.4), and a mean would carry that draw into every selectivity (0.94 instead of 0.47). `RandomInitDraws` gathers the draws' scores and sets them on each probe's score.
+  other draws scored ~0.4), and a mean would carry that draw into every selectivity (0.94 instead of 0.47).
+  `RandomInitDraws` gathers the draws' scores and sets them on each probe's score.
 - control_task (Hewitt & Liang 2019, "Designing and interpreting probes with control tasks"): a task with the
   label's distribution whose answers the world does not explain. Each distinct input (an observation: its
   pixels, `input_types`) gets the label of one row drawn at random, fixed for every row that shows that input;
