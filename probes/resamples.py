@@ -90,13 +90,17 @@ def resamples_path(out: str | Path) -> Path:
     return stem.with_name(stem.name + ".resamples.safetensors")
 
 
-def save_resamples(resamples: Resamples, out: str | Path, commit_id: str | None = None) -> Path:
-    """Write the resamples beside the table `out`; `commit_id`: the id of the sweep's table and directions
-    (`probes.sweep.write_outputs`), checked by `load_resamples`."""
+def resamples_bytes(resamples: Resamples, commit_id: str | None = None) -> bytes:
+    """The resamples as safetensors; `commit_id`: the id of the sweep's table and directions, checked by
+    `load_resamples`."""
     index = json.dumps([list(k) for k in resamples.keys])
     metadata = {"index": index, **({"commit_id": commit_id} if commit_id else {})}
-    data = st_save({"values": torch.as_tensor(resamples.values).contiguous()}, metadata=metadata)
-    return atomic_write_bytes(resamples_path(out), data)
+    return st_save({"values": torch.as_tensor(resamples.values).contiguous()}, metadata=metadata)
+
+
+def save_resamples(resamples: Resamples, out: str | Path, commit_id: str | None = None) -> Path:
+    """Write the resamples beside the table `out` (`probes.sweep.write_outputs` commits them with the table)."""
+    return atomic_write_bytes(resamples_path(out), resamples_bytes(resamples, commit_id))
 
 
 def load_resamples(out: str | Path) -> Resamples:

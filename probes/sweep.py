@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,9 +67,9 @@ from probes.directions import COMMIT_KEY, directions_files, new_commit_id
 from probes.episodes import split_by_episode
 from probes.labels import resolve_labels
 from probes.probe import ProbeResult, default_hooks, score_hook, score_stack, tidy
-from probes.resamples import Resamples, resamples_path, save_resamples
+from probes.resamples import Resamples, resamples_bytes, resamples_path
 from workbench.guards import check_output
-from workbench.io import commit_files, fsync_dir, write_temp
+from workbench.io import commit_files
 from workbench.threads import one_torch_thread
 
 
@@ -261,19 +260,8 @@ def write_outputs(table: pd.DataFrame, directions: list, resamples: Resamples | 
     `load_directions` refuses beside the old table, never a silent mix. Returns the commit id."""
     out = Path(out)
     commit_id = new_commit_id()
-    staged: list[tuple[Path, Path]] = []  # (temporary file, target), in the order they are renamed
-    try:
-        for path, data in directions_files(directions, out, commit_id):
-            staged.append((write_temp(path, data), path))
-        if resamples is not None:  # probes.resamples writes its own file: under a temporary stem, renamed below
-            stem = out.with_name(f".{out.stem}.{commit_id[:12]}.tmp{out.suffix or '.parquet'}")
-            staged.append((Path(save_resamples(resamples, stem, commit_id)), resamples_path(out)))
-        staged.append((write_temp(out, table_bytes(table, commit_id)), out))  # last: the table commits the set
-        for tmp, target in staged:
-            os.replace(tmp, target)
-    except BaseException:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(out.parent)
+    files = list(directions_files(directions, out, commit_id))
+    if resamples is not None:
+        files.append((resamples_path(out), resamples_bytes(resamples, commit_id)))
+    commit_files([*files, (out, table_bytes(table, commit_id))])  # last: the table commits the set
     return commit_id
