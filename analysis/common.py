@@ -31,14 +31,16 @@ def bundled_checkpoints() -> Path:
     return Path(named).expanduser() if named else Path(__file__).resolve().parent.parent / "checkpoints"
 
 
-def check_checkpoints(folder: str | Path) -> Path:
-    """The folder of checkpoint series, or a clear error naming the setting when there is none there."""
+def check_checkpoints(folder: str | Path, name: str | None = None) -> Path:
+    """The folder of checkpoint series, or a clear error naming the setting (and the command that makes series
+    `name`) when there is none there."""
     folder = Path(folder)
     if not folder.is_dir():
+        make = f"python checkpoints/make.py --only {name}" if name else "python checkpoints/make.py"
         raise CheckpointError(
             f"no checkpoint series folder at {folder}: the bundled series ship with the repository checkout "
             f"(its checkpoints/ folder), not with an installed package. Set {CHECKPOINTS_SETTING}=/path/to/"
-            "reward-workbench/checkpoints, or pass --checkpoints DIR (make the series with checkpoints/make.py)."
+            f"reward-workbench/checkpoints, or pass --checkpoints DIR (or make the series: `{make}`)."
         )
     return folder
 
@@ -75,7 +77,7 @@ class Result:
 
 def series(checkpoints: str | Path, name: str) -> Path:
     """A bundled series' run directory; a clear error naming the command that makes it when it is absent."""
-    path = check_checkpoints(checkpoints) / name
+    path = check_checkpoints(checkpoints, name) / name
     if not (path / "run.json").exists():
         raise CheckpointError(
             f"the checkpoint series {name!r} is not in {checkpoints}: make it with "

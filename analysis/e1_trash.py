@@ -316,8 +316,8 @@ def _steering_findings(pooled: dict) -> list[str]:
         verdict = (
             "the direction moves behaviour beyond random directions of its size, and by its sign, in every seed"
             if e["n_sign_specific"] == n
-            else "outside the nulls in every seed but not sign-specific in all: adding the vector moves the metric "
-            "the same way in some seeds" if e["n_outside_nulls"] == n
+            else f"outside the nulls in every seed, sign-specific in {e['n_sign_specific']} of {n}: in the others the "
+            f"vector at x {e['reversed_coef']:+g} moves the metric the same way" if e["n_outside_nulls"] == n
             else f"inside a null in {n - e['n_outside_nulls']} of {n} seeds: not shown to beat a random vector of "
             "its size"
         )  # fmt: skip
