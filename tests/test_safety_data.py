@@ -502,7 +502,7 @@ def test_a_table_and_its_directions_are_committed_together(tmp_path, monkeypatch
         done.append(dst)
         real_replace(src, dst)
 
-    monkeypatch.setattr(sweep.os, "replace", killed_after_two)
+    monkeypatch.setattr(os, "replace", killed_after_two)  # workbench.io.commit_files renames
     with pytest.raises(KeyboardInterrupt):
         sweep.write_outputs(table, dirs, res, out)
     monkeypatch.undo()

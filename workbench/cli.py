@@ -678,10 +678,10 @@ def probe(
     from probes.resamples import resamples_path
     from workbench.train import resolve_device
 
+    guards.check_output(out, companions=(*direction_paths(out), resamples_path(out)))
     if table_format(out) != "parquet":
         raise ConfigError(f"--out {out}: a probe table is parquet (its metadata ties it to its directions and "
                           "resamples); add --csv PATH for a CSV copy.")  # fmt: skip
-    guards.check_output(out, companions=(*direction_paths(out), resamples_path(out)))
     if csv is not None:
         table_format(csv, "--csv")
         guards.check_output(csv, option="--csv")
