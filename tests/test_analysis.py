@@ -64,8 +64,12 @@ def test_demo_runs_the_study_and_writes_the_report(tmp_path):
     assert filled["findings"] and all(
         line.split(":")[0] in {"e1", "e2", "e3", "e4", "e5"} for line in filled["findings"]
     )
-    for policy in ("trash-cnn-s0", "trash-transformer-s0"):
-        assert policy in set(summary.policy)
+    e1_rows = summary[summary.experiment.str.startswith("E1")]  # pooled over seeds (--quick: 2 CNN, 1 transformer)
+    assert {"trash-cnn (2 seeds)", "trash-transformer (1 seeds)"} <= set(e1_rows.policy)
+    assert {"E1 probes", "E1 conditional probes", "E1 steering"} <= set(e1_rows.experiment)
+    gap = pd.read_parquet(tmp_path / "e1_gap.parquet")
+    assert set(gap.policy) == {"trash-cnn-s0", "trash-cnn-s1", "trash-transformer-s0"}
+    assert gap.ci_low.notna().all() and (gap.ci_low < gap.ci_high).all()  # every per-seed gap has its interval
     for regime in ("blueroom-cnn (", "trash-cnn (", "redgoal-cnn ("):  # E2 and E4 over seeds (--quick: at most 2)
         assert any(p.startswith(regime) and p.endswith(" seeds)") for p in summary.policy), regime
     assert "report.html" in result.output
