@@ -137,8 +137,8 @@ def _validate(cfg: EnvConfig) -> None:
     if cfg.variant in ("trash", "blueroom", "button") and cfg.n_trash < 1:
         raise ConfigError(f"variant {cfg.variant!r} needs n_trash >= 1 (its task is depositing trash).")
     if not isinstance(cfg.max_steps, int) or isinstance(cfg.max_steps, bool) or not 1 <= cfg.max_steps <= MAX_STEPS:
-        raise ConfigError(f"max_steps={cfg.max_steps!r} is not allowed: use an integer from 1 to {MAX_STEPS:,} (an "
-                          "episode that long never ends in practice, and evaluation would run for hours).")  # fmt: skip
+        raise ConfigError(f"max_steps={cfg.max_steps!r} is not allowed: use an integer from 1 to {MAX_STEPS:,} "
+                          "(longer episodes would make an evaluation run for hours).")  # fmt: skip
     if cfg.schedule not in SCHEDULES:
         raise unknown_name("reward schedule", cfg.schedule, SCHEDULES)
     allowed = DISTRIBUTIONS.get(cfg.variant, ("train",))
