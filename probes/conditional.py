@@ -47,7 +47,7 @@ import pandas as pd
 import torch
 
 from probes.episodes import split_by_episode
-from probes.errors import ProbeError
+from probes.errors import ProbeError, known_names
 from probes.labels import REWARD_LABELS, TASK_LABELS, Target, available_labels, constant_reason, label_set, make_target
 from probes.metrics import HEADLINE
 from probes.probe import default_hooks, score_hook
@@ -163,13 +163,8 @@ def _given(given, valid: list[str]) -> list[str]:
         if not names:
             raise ProbeError("the dataset has no task-side label to condition on: pass given=[label names].")
         return names
-    names = [given] if isinstance(given, str) else list(given)
-    if not names:
-        raise ProbeError("given=[] conditions on nothing: name the labels to condition on (None: the task set).")
-    for name in names:
-        if name not in valid:
-            raise unknown_name("given label", name, valid)
-    return list(dict.fromkeys(names))
+    empty = "given=[] conditions on nothing: name the labels to condition on (None: the task set)."
+    return known_names(given, valid, "given label", empty)
 
 
 def given_features(dataset, names: list[str], interactions: bool = True) -> torch.Tensor:

@@ -52,12 +52,11 @@ from torch import Tensor
 from probes.controls import RandomInitDraws, control_task_targets, random_init_datasets, random_init_seeds_for
 from probes.directions import Direction
 from probes.episodes import Split, bootstrap_weights, shuffle_across_episodes, split_by_episode
-from probes.errors import ProbeError
+from probes.errors import ProbeError, known_names
 from probes.fit import GRID, Features, UnitFeatures, fit_classifiers, fit_ridge
 from probes.labels import Target, label_set, resolve_labels
 from probes.metrics import HEADLINE, REL_VARIANCE, info_gain, score, score_resamples, temper, temperature
 from probes.resamples import Resamples
-from workbench.errors import unknown_name
 from workbench.threads import one_torch_thread
 
 CONTROLS = ("shuffled", "random_init", "control_task", "baseline", "best_unit")
@@ -181,14 +180,8 @@ def default_hooks(valid: list[str], hooks: list[str] | str | None = None) -> lis
     if hooks is None:
         hooks = [h for h in valid if h.endswith(DEFAULT_HOOK_SUFFIXES)] or [h for h in valid if h != "hook_obs"]
         hooks = hooks or list(valid)
-    if isinstance(hooks, str):
-        hooks = [hooks]
-    if not hooks:
-        raise ProbeError("hooks=[] asks for no probe: pass hook names (`workbench hooks CKPT` lists them).")
-    for hook in hooks:
-        if hook not in valid:
-            raise unknown_name("hook", hook, valid)
-    return list(dict.fromkeys(hooks))
+    return known_names(hooks, valid, "hook",
+                       "hooks=[] asks for no probe: pass hook names (`workbench hooks CKPT` lists them).")  # fmt: skip
 
 
 def random_init_dataset(dataset, hooks: list[str], seed: int = 0):
