@@ -8,7 +8,6 @@ workbench's public API (load_policy, collect, probes, contrast pairs, patching, 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 from collections.abc import Callable
@@ -17,8 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from workbench.errors import CheckpointError
-from workbench.io import atomic_write_bytes
+import probes
+from workbench.common.errors import CheckpointError
+from workbench.common.io import atomic_write_bytes, write_parquet
 
 CHECKPOINTS_SETTING = "WORKBENCH_CHECKPOINTS"
 
@@ -64,9 +64,7 @@ class Result:
         """tables as <out>/<name>_<table>.parquet, figures as plotly JSON, summary and findings as JSON."""
         out = Path(out)
         for key, table in self.tables.items():
-            buffer = io.BytesIO()
-            table.to_parquet(buffer, index=False)
-            atomic_write_bytes(out / f"{self.name}_{key}.parquet", buffer.getvalue())
+            write_parquet(out / f"{self.name}_{key}.parquet", table)
         for key, fig in self.figures.items():
             atomic_write_bytes(out / f"{self.name}_{key}.plotly.json", fig.to_json().encode())
         text = json.dumps({"title": self.title, "summary": self.summary, "findings": self.findings}, indent=2,
@@ -94,8 +92,6 @@ def report(progress: Callable[[str], None] | None, message: str) -> None:
 def best_selectivity(table: pd.DataFrame, label_set: str) -> pd.Series | None:
     """The most selective probe of a label set (`probes.summary`'s main metrics: R² for regression, balanced
     accuracy otherwise)."""
-    import probes
-
     best = probes.summary(table)
     best = best[best.label_set == label_set]
     return None if best.empty else best.loc[best.selectivity.idxmax()]

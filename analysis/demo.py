@@ -18,8 +18,9 @@ import pandas as pd
 
 from analysis import e1_trash, e2_blueroom, e3_button, e4_redgoal, e5_chiseling
 from analysis.common import CHECKPOINTS, Result
-from workbench.io import atomic_write_bytes
-from workbench.threads import one_torch_thread
+from workbench.apps.report import Report
+from workbench.common.compute import one_torch_thread
+from workbench.common.io import atomic_write_bytes
 
 EXPERIMENTS = (e1_trash, e2_blueroom, e3_button, e4_redgoal, e5_chiseling)
 
@@ -32,7 +33,7 @@ def run_all(checkpoints=CHECKPOINTS, out: str | Path = "demo-out", quick: bool =
     results = []
     for module in EXPERIMENTS:
         start = time.perf_counter()
-        with one_torch_thread():  # rollouts of small batches: a second thread only spins (30x slower when busy)
+        with one_torch_thread():  # rollouts of small batches: a second thread only waits on a busy machine
             result = module.run(checkpoints, out=out, quick=quick, progress=progress)
         result.write(out)
         result.summary["seconds"] = round(time.perf_counter() - start, 1)
@@ -138,8 +139,6 @@ def summary_table(results: list[Result]) -> pd.DataFrame:
 
 
 def write_report(results: list[Result], table: pd.DataFrame, path: Path) -> Path:
-    from workbench.report import Report
-
     report = Report("reward-workbench: what did reward chisel into the bundled policies?")
     report.note("E1 to E5 (the README's study section) on the bundled checkpoint series; every figure comes from "
                 "rollouts, probes and patching of those checkpoints. Intervals are 95%.")  # fmt: skip

@@ -20,7 +20,7 @@ For each trained TrashGrid policy, on its own rollouts:
   vector at three cells, each beside 20 random vectors of the same norm and 20 with the same norm at every cell
   (random directions there), at the same coefficient and on the same episodes, and beside the vector at -coef:
   does the trash direction move behaviour more than any direction of its size would, and does the move belong to
-  its sign (`workbench.steering.steering_effects` with `n_random`, `reverse`)?
+  its sign (`workbench.interventions.steering.steering_effects` with `n_random`, `reverse`)?
 
 Per architecture, each measure is pooled over seeds: the mean with a 95% Student-t interval over seeds (the
 per-seed, episode-level intervals are in the tables), and how many seeds' own intervals exclude 0. With --quick,
@@ -41,12 +41,12 @@ import plotly.graph_objects as go
 import probes
 from analysis.common import CHECKPOINTS, Result, main_for, report, series
 from probes.metrics import HEADLINE
-from workbench.checkpoints import load_policy
-from workbench.contrast import contrast_pairs
-from workbench.datasets import collect
-from workbench.patching import default_patch_hooks, patch
-from workbench.stats import mean_interval
-from workbench.steering import policy_env, resolve_vector, steering_effects
+from workbench.common.stats import mean_interval
+from workbench.data import collect
+from workbench.envs.contrast import contrast_pairs
+from workbench.interventions.patching import default_patch_hooks, patch
+from workbench.interventions.steering import policy_env, resolve_vector, steering_effects
+from workbench.training.checkpoints import load_policy
 
 CNN = tuple(f"trash-cnn-s{seed}" for seed in range(5))
 TRANSFORMER = tuple(f"trash-transformer-s{seed}" for seed in range(3))

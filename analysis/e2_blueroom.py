@@ -25,12 +25,12 @@ import plotly.graph_objects as go
 import probes
 from analysis.common import CHECKPOINTS, Result, main_for, report, series
 from workbench.behaviour import blueroom_rows, scripted_policy, variant_config
-from workbench.checkpoints import load_policy
-from workbench.choice import regime_table
-from workbench.datasets import collect
+from workbench.behaviour.choice import regime_table
+from workbench.common.compute import one_torch_thread
+from workbench.common.stats import difference_interval, permutation_p
+from workbench.data import collect
 from workbench.envs import make_config
-from workbench.stats import difference_interval, permutation_p
-from workbench.threads import one_torch_thread
+from workbench.training.checkpoints import load_policy
 
 SERIES = "blueroom-cnn-s0"
 LABELS = ["wall_blue", "trash_remaining", "trash_map", "carrying", "reward_available", "reward_within_k"]

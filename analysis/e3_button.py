@@ -2,7 +2,8 @@
 choice about reward? Seeds are the unit of evidence.
 
 For every seed of every training regime (its final checkpoint) the choice test runs with its controls on shared
-layouts (`workbench.choice`): the button in the seed's look at each offset of a distance sweep, the same button
+layouts (`workbench.behaviour.choice`): the button in the seed's look at each offset of a distance sweep, the same
+button
 invisible (incidental presses), absent, in a novel colour, and mirrored. Each seed's step-0 checkpoint, the
 trash-only policies and a uniform random walk are subjects too. Per seed: the button preference (visible minus
 invisible press rate at equal paths) and the indifference offset. Per regime: the mean and interquartile mean over
@@ -22,10 +23,9 @@ import pandas as pd
 import plotly.graph_objects as go
 from scipy import stats as sps
 
+import probes
 from analysis.common import CHECKPOINTS, Result, main_for, report
-from workbench.behaviour import scripted_policy
-from workbench.checkpoints import list_steps, load_policy, read_json, step_stem
-from workbench.choice import (
+from workbench.behaviour.choice import (
     CONTROLS,
     OFFSETS,
     STUDY_LOOKS,
@@ -36,7 +36,12 @@ from workbench.choice import (
     subject_summary,
     trained_with_button,
 )
-from workbench.threads import one_torch_thread
+from workbench.common.compute import one_torch_thread
+from workbench.common.stats import seed_interval
+from workbench.data import collect
+from workbench.envs.oracles import scripted_policy
+from workbench.interventions.steering import contrast_vector, random_vectors, steering
+from workbench.training.checkpoints import list_steps, load_policy, read_json, step_stem
 
 BASELINE = "button-never"
 REGIMES = {
@@ -209,10 +214,6 @@ def mechanism(run_dir: Path, episodes: int, n_random: int = N_RANDOM, n_steps: i
     the same norm; the outcomes are the button and task rates on the choice layouts at equal paths (the same
     layouts for every vector)."""
 
-    import probes
-    from workbench.datasets import collect
-    from workbench.steering import contrast_vector, random_vectors, steering
-
     policy = load_policy(run_dir)
     env = dict(policy.run["env"])
     data = collect(policy, {**env, "button_prob": 0.5, "choice_prob": 0.0}, n_steps, seed=0)
@@ -272,8 +273,6 @@ def _chance(starts: pd.DataFrame) -> dict | None:
     shares = starts.reward_share.dropna().to_numpy()
     if shares.size < 2:
         return None
-    from workbench.stats import seed_interval
-
     mean, low, high = seed_interval(shares)
     return {"mean": mean, "ci_low": low, "ci_high": high, "n": int(shares.size)}
 

@@ -5,7 +5,8 @@ Every bundled seed (final checkpoint) plays four distributions on the same seeds
 no decoy), test (a red decoy and a cyan goal), cyan-only (the cyan goal alone: can it reach a goal that is not
 red?) and red-pair (a red goal beside a red decoy: the goal's diagonal glyph is all that tells them apart). Each
 seed's step-0 network and a uniform random walk play the same episodes (chance). Per seed: the decoy's share of
-decided test episodes; per population: the mean over seeds with a bootstrap interval over seeds (`workbench.stats`).
+decided test episodes; per population: the mean over seeds with a bootstrap interval over seeds
+(`workbench.common.stats`).
 
     python analysis/e4_redgoal.py [--quick] [--out DIR]
 """
@@ -20,9 +21,9 @@ import plotly.graph_objects as go
 
 from analysis.common import CHECKPOINTS, Result, main_for, report, series
 from workbench.behaviour import redgoal_rows, scripted_policy, variant_config
-from workbench.checkpoints import list_steps, load_policy, step_stem
-from workbench.stats import seed_interval
-from workbench.threads import one_torch_thread
+from workbench.common.compute import one_torch_thread
+from workbench.common.stats import seed_interval
+from workbench.training.checkpoints import list_steps, load_policy, step_stem
 
 SERIES = "redgoal-cnn-s0"
 DISTRIBUTIONS = ("train", "test", "cyan-only", "red-pair")

@@ -5,7 +5,7 @@ reward that training received?
 Reward is the cognition-updater: it chisels computations into the policy where it is received. For each seed
 (trash-cnn-s0, -s1, -s2), on one fixed set of observations (rollouts of that seed's final policy) replayed through
 every checkpoint, and for four features (task-side: carrying, distance to the nearest target; reward-side: reward
-within k steps, return-to-go), `workbench.tracer` measures in standardised space (so that no near-dead unit can
+within k steps, return-to-go), `probes.tracer` measures in standardised space (so that no near-dead unit can
 dominate):
 
 - selectivity: the held-out correlation of the label with the activations' projection on the feature's
@@ -28,7 +28,7 @@ Declared test (fixed before it was run on the bundled series):
 - p-value: two-sided permutation test, `scipy.stats.permutation_test` with 9,999 random pairings, each seed's
   stretches permuted within that seed;
 - family: the four features' primary tests, Holm-adjusted, at alpha 0.05;
-- power (by simulation, `workbench.tracer.min_detectable_rho`): with 15 stretches per seed (the bundled traced
+- power (by simulation, `probes.tracer.min_detectable_rho`): with 15 stretches per seed (the bundled traced
   series' 16 checkpoints) and 3 seeds the mean-rho test detects a population Spearman rho of 0.44 with 80% power at
   alpha 0.05 (0.52 at 0.0125, Holm's strictest step); one seed alone needs 0.69 (0.78); with 10 checkpoints it was
   0.57. A weaker real association would likely be missed; the summary recomputes these for the stretches present.
@@ -50,9 +50,9 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from analysis.common import CHECKPOINTS, Result, main_for, report, series
-from workbench import tracer
-from workbench.checkpoints import read_run
-from workbench.stats import mean_interval
+from probes import tracer
+from workbench.common.stats import mean_interval
+from workbench.training.checkpoints import read_run
 
 SERIES = ("trash-cnn-s0", "trash-cnn-s1", "trash-cnn-s2")
 HOOK = "fc.hook_out"

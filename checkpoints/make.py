@@ -1,10 +1,13 @@
 """Reproduce every bundled checkpoint series: `python checkpoints/make.py` (or `--only NAME ...`, `--out DIR`).
 
-Each series is a named training config (`workbench train --config NAME`, see workbench/train.py) at one seed, with
+Each series is a named training config (`workbench train --config NAME`, see workbench/training/config.py) at one seed,
+with
 the bundled policy size (CNN fc 64 instead of 128, so that every series fits the size budget), 10 log-spaced
 checkpoints from step 0 (the choice study's extra seeds: step 0 and the final step only), then compacted for
-shipping (`workbench.checkpoints.compact_run`: weights stored as float16, resume state dropped). The choice study's
-seeds alternate the button's look (`workbench.choice.STUDY_LOOKS`, by seed parity). Training is deterministic given
+shipping (`workbench.training.checkpoints.compact_run`: weights stored as float16, resume state dropped). The choice
+study's
+seeds alternate the button's look (`workbench.behaviour.choice.STUDY_LOOKS`, by seed parity). Training is
+deterministic given
 the seed on one machine type; across machines and library versions PPO drifts, so a rebuilt series matches the
 bundled one in behaviour, not bit for bit.
 """
@@ -55,7 +58,7 @@ FULL_SERIES = {"button-never-s1", "button-never-s2", *(f"{regime}-s0" for regime
 
 
 def series_config(name: str):
-    from workbench.train import named_config
+    from workbench.training.config import named_config
 
     config_name, seed = SERIES[name]
     config = named_config(config_name)
@@ -64,7 +67,7 @@ def series_config(name: str):
     config.n_checkpoints = 2 if (study and name not in FULL_SERIES) or name in FINALS_ONLY else N_CHECKPOINTS
     if name in TRACED:
         config.n_checkpoints = N_TRACED
-    from workbench.choice import STUDY_LOOKS  # seed % 2 picks the look
+    from workbench.behaviour.choice import STUDY_LOOKS  # seed % 2 picks the look
 
     if study:
         config.env["button_color"] = STUDY_LOOKS[seed % 2]
@@ -81,8 +84,8 @@ def make(names: list[str], out: Path = HERE, device: str = "cpu") -> dict[str, i
     alone took 700 s beside two others; at one thread each, ~40 s)."""
     import torch
 
-    from workbench.checkpoints import compact_run
-    from workbench.train import train
+    from workbench.training.checkpoints import compact_run
+    from workbench.training.ppo import train
 
     torch.set_num_threads(1)
     sizes = {}

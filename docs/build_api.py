@@ -2,8 +2,8 @@
 
     python docs/build_api.py [--out build/api]        # or: make docs
 
-The public API is what `workbench` and `probes` export (their `__all__`) and the modules listed in MODULES, the
-ones the README and the notebooks use. The build fails (exit 1, each problem on a line) when pdoc warns (an
+The reference covers every module of `workbench` and `probes` (found by walking the packages) and what the two
+packages export (their `__all__`). The build fails (exit 1, each problem on a line) when pdoc warns (an
 `__all__` name that does not resolve, a docstring it cannot parse) or when a docstring names a dotted
 `workbench.*` / `probes.*` / `analysis.*` object in backticks that does not exist, so a renamed function cannot
 leave a stale reference behind.
@@ -21,15 +21,24 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MODULES = [
-    "workbench", "workbench.envs", "workbench.checkpoints", "workbench.train", "workbench.hooked",
-    "workbench.policies", "workbench.datasets", "workbench.contrast", "workbench.patching", "workbench.steering",
-    "workbench.attribution", "workbench.behaviour", "workbench.choice", "workbench.evaluate", "workbench.stats",
-    "workbench.tracer", "workbench.sb3_import", "workbench.minigrid_world", "workbench.distributed",
-    "workbench.report", "workbench.errors", "workbench.guards", "workbench.io",
-    "probes", "probes.probe", "probes.conditional", "probes.controls", "probes.metrics", "probes.labels",
-    "probes.resamples", "probes.sweep", "probes.directions", "probes.episodes", "probes.arrays",
-]  # fmt: skip
+# Every module of the two packages, found by walking them: a module added, moved or renamed is documented (and its
+# docstrings checked) without editing a list here.
+PACKAGES = ("workbench", "probes")
+
+
+def public_modules() -> list[str]:
+    import pkgutil
+
+    names = []
+    for package in PACKAGES:
+        module = importlib.import_module(package)
+        names.append(package)
+        for info in pkgutil.walk_packages(module.__path__, prefix=f"{package}."):
+            if not any(part.startswith("_") for part in info.name.split(".")):
+                names.append(info.name)
+    return names
+
+
 REFERENCE = re.compile(r"`((?:workbench|probes|analysis)(?:\.[A-Za-z_][A-Za-z0-9_]*)+)(?:\(\))?`")
 FILE_SUFFIXES = {"parquet", "safetensors", "json", "csv", "html", "png", "zip"}  # `probes.parquet` names a file
 
@@ -89,12 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     import pdoc.render
 
     resolve_lazy_exports()
-    modules = [importlib.import_module(name) for name in MODULES]
+    names = public_modules()
+    modules = [importlib.import_module(name) for name in names]
     problems = broken_references(modules)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         pdoc.render.configure(docformat="markdown", footer_text="reward-workbench API reference")
-        pdoc.pdoc(*MODULES, output_directory=args.out)
+        pdoc.pdoc(*PACKAGES, output_directory=args.out)  # each package with all its submodules
     problems += [f"pdoc: {w.message}" for w in caught if "pdoc" in (w.filename or "") or "pdoc" in str(w.category)]
     for line in problems:
         print(line)
@@ -102,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         print(f"API reference: {len(problems)} problem(s); fix the docstrings above ({seconds:.1f} s)")
         return 1
-    print(f"API reference: {len(MODULES)} modules written to {args.out}/index.html in {seconds:.1f} s")
+    print(f"API reference: {len(names)} modules written to {args.out}/index.html in {seconds:.1f} s")
     return 0
 
 

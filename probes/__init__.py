@@ -3,8 +3,8 @@ and is it more than the controls can read?
 
 A probe on any hook of a collected dataset, in a short analysis script::
 
-    from workbench.checkpoints import load_policy
-    from workbench.datasets import collect
+    from workbench.training.checkpoints import load_policy
+    from workbench.data import collect
     import probes
 
     policy = load_policy("runs/trash-cnn")
@@ -50,9 +50,10 @@ from probes.arrays import ArrayDataset
 from probes.conditional import conditional_probes
 from probes.directions import Direction, load_directions, save_directions
 from probes.errors import ProbeError
+from probes.gap import gap
 from probes.labels import LABEL_KINDS, REWARD_LABELS, TASK_LABELS
 from probes.probe import CONTROLS, ProbeResult, fit_probe, fit_probes, summary
-from probes.resamples import Resamples, gap, load_resamples
+from probes.resamples import Resamples, load_resamples
 from probes.sweep import probe_sweep
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""An in-memory dataset with the read interface of `workbench.datasets.ActivationDataset`, for probing plain
+"""An in-memory dataset with the read interface of `workbench.data.ActivationDataset`, for probing plain
 arrays (synthetic data, activations gathered by other means) and for tests.
 
     ds = ArrayDataset({"h": X}, labels=pd.DataFrame({"y": y}), episode_ids=episodes)

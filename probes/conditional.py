@@ -51,8 +51,8 @@ from probes.errors import ProbeError, known_names
 from probes.labels import REWARD_LABELS, TASK_LABELS, Target, available_labels, constant_reason, label_set, make_target
 from probes.metrics import HEADLINE
 from probes.probe import default_hooks, score_hook
-from probes.resamples import _interval
-from workbench.errors import unknown_name
+from probes.resamples import paired_interval
+from workbench.common.errors import unknown_name
 
 MAX_LEVELS = 32  # a numeric given label with at most this many values is one-hot encoded too
 ACTIVATION_SCALES = (1.0, 1 / 4, 1 / 16, 1 / 64)  # the activations' penalty: μ x 1, 16, 256, 4096
@@ -87,7 +87,7 @@ def conditional_probes(
     than half the resamples are non-degenerate for both); n_boot_degenerate: resamples left out of the gain's
     interval."""
     if dataset.n == 0:
-        raise ProbeError("the dataset is empty: collect some steps first (workbench.datasets.collect).")
+        raise ProbeError("the dataset is empty: collect some steps first (workbench.data.collect).")
     hooks = default_hooks(list(dataset.hook_names), hooks)
     valid = available_labels(dataset)
     targets = _targets(dataset, labels, valid)
@@ -124,7 +124,7 @@ def conditional_probes(
                 b = base[label, probe]
                 for metric, (value, lo, hi) in s.metrics.items():
                     diff = s.resamples[metric].astype(np.float64) - b.resamples[metric].astype(np.float64)
-                    gain_lo, gain_hi, used, note = _interval(diff, 0.95)
+                    gain_lo, gain_hi, used, note = paired_interval(diff, 0.95)
                     notes = "; ".join(n for n in (s.notes.get(metric, ""), b.notes.get(metric, ""), note) if n)
                     rows.append([run, step, hook, s.label, label_set(s.label), s.kind, s.probe, metric,
                                  ",".join(names), G.shape[1], *b.metrics[metric], b.val.get(metric, np.nan), value,

@@ -29,7 +29,9 @@ import torch
 
 from probes.errors import ProbeError
 from probes.labels import Target
-from workbench.threads import one_torch_thread
+from workbench.common.compute import one_torch_thread
+from workbench.data import replay
+from workbench.policies import build_policy
 
 CONTROL_TASK_KINDS = ("binary", "multiclass", "map")
 
@@ -47,9 +49,6 @@ def random_init_seeds_for(n: int, seed: int) -> list[int]:
 def random_init_datasets(dataset, hooks: list[str], seeds: list[int]) -> Iterator:
     """The dataset's rows replayed through a freshly initialised policy of the same architecture per seed, one at a
     time, in one torch thread: the same activations whatever this process's thread count."""
-    from workbench.datasets import replay
-    from workbench.policies import build_policy
-
     for seed in seeds:
         with one_torch_thread():
             with torch.random.fork_rng(devices=[]):

@@ -26,7 +26,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from probes.errors import ProbeError
-from workbench.io import commit_files, is_regular_file, loads_json, read_regular_bytes
+from workbench.common.io import commit_files, is_regular_file, loads_json, read_regular_bytes
 
 TENSORS = ("weight", "bias", "mean", "std")
 COMMIT_KEY = "workbench.commit_id"  # the parquet metadata key of a probe table's commit id
@@ -68,7 +68,7 @@ def new_commit_id() -> str:
 
 def directions_files(directions: list[Direction], out: str | Path, commit_id: str) -> list[tuple[Path, bytes]]:
     """[(tensors path, bytes), (index path, bytes)] of `directions` for the table `out`, stamped with `commit_id`,
-    in the order to commit them (`workbench.io.commit_files`)."""
+    in the order to commit them (`workbench.common.io.commit_files`)."""
     tensors_path, index_path = paths(out)
     tensors = {f"{i}/{k}": getattr(d, k).detach().to("cpu", torch.float32).contiguous().clone()
                for i, d in enumerate(directions) for k in TENSORS}  # fmt: skip

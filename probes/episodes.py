@@ -4,7 +4,8 @@ everything that samples data for a probe samples whole episodes.
 - `split_by_episode`: train / validation / test rows, never one episode on two sides; deterministic from a seed.
 - `shuffle_across_episodes`: the shuffled-labels control. Labels keep their within-episode order but are dealt
   out to other episodes, so the control probe sees label sequences as autocorrelated as the real ones.
-- `bootstrap_weights`: resample test episodes with replacement; each resample is a weight per test row.
+- `bootstrap_weights`: resample test episodes with replacement (`workbench.common.stats.resample_counts`); each
+  resample is a weight per test row.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from probes.errors import ProbeError
+from workbench.common.stats import resample_counts
 
 FRACTIONS = (0.6, 0.2, 0.2)  # train, validation, test
 MIN_EPISODES = 5  # at least 3 train, 1 validation, 1 test; a bootstrap over one test episode says nothing
@@ -33,7 +35,7 @@ class Split:
 def split_by_episode(episode_ids: np.ndarray, seed: int = 0, fractions=FRACTIONS) -> Split:
     episode_ids = np.asarray(episode_ids)
     if episode_ids.ndim != 1 or len(episode_ids) == 0:
-        raise ProbeError("the dataset is empty: collect some steps first (workbench.datasets.collect).")
+        raise ProbeError("the dataset is empty: collect some steps first (workbench.data.collect).")
     episodes = np.unique(episode_ids)
     if len(episodes) < MIN_EPISODES:
         raise ProbeError(
@@ -76,6 +78,6 @@ def bootstrap_weights(episode_ids: np.ndarray, n_boot: int = 200, seed: int = 0)
     """[1 + n_boot, rows]: row 0 is all ones (the estimate itself), row b the number of times each row's episode
     was drawn in resample b (episodes drawn with replacement, as many as there are)."""
     episodes, inverse = np.unique(np.asarray(episode_ids), return_inverse=True)
-    draws = np.random.default_rng(seed).multinomial(len(episodes), np.full(len(episodes), 1 / len(episodes)), n_boot)
+    draws = resample_counts(len(episodes), n_boot, seed)
     weights = np.concatenate([np.ones((1, len(inverse))), draws[:, inverse]])
     return torch.as_tensor(weights, dtype=torch.float32)

@@ -1,8 +1,8 @@
 """The probes' own error type. Unknown hook or label names raise workbench's `ConfigError` (via
-`workbench.errors.unknown_name`, which lists the valid names and the nearest match); everything else that is
+`workbench.common.errors.unknown_name`, which lists the valid names and the nearest match); everything else that is
 wrong with the data given to a probe raises `ProbeError`."""
 
-from workbench.errors import WorkbenchError
+from workbench.common.errors import WorkbenchError, unknown_name
 
 
 class ProbeError(WorkbenchError, ValueError):
@@ -13,8 +13,6 @@ class ProbeError(WorkbenchError, ValueError):
 def known_names(names, valid, what: str, empty: str) -> list[str]:
     """`names` (one name or a list) as a list without repeats, each one of `valid` (else the unknown-name error for
     `what`, with its nearest match); `empty`: the refusal of an empty list."""
-    from workbench.errors import unknown_name
-
     names = [names] if isinstance(names, str) else list(names)
     if not names:
         raise ProbeError(empty)

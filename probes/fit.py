@@ -3,7 +3,7 @@ or several hooks of one width, all on the same rows), over a small regularisatio
 each pass of the optimiser serves all of them.
 
 A loop of scikit-learn fits spends its time in a hundred-odd full passes over X per probe and strength
-(measured: `workbench bench --only probes`). Here the passes are shared, and made few:
+(`workbench bench --only probes` compares the two). Here the passes are shared, and made few:
 
 - Features are standardised on the train rows by the caller; `Features` keeps, per design of the stack
   X [H, N, D], their covariance Σ = XᵀX/N and one Cholesky factor of Σ + μI per grid value μ.
@@ -22,8 +22,8 @@ A loop of scikit-learn fits spends its time in a hundred-odd full passes over X 
 - Penalties are in units of each loss's curvature bound (λ = cμ), which is what lets one factor per μ serve
   ridge and both classifiers. In scikit-learn's terms: Ridge(alpha=μN); LogisticRegression(C=1/(cμN)).
 
-The optimiser's passes over X may run in bfloat16 (`precision="bf16"`, on CPUs with avx512_bf16 and on GPUs),
-2-4x faster on these CPUs; the Gram matrix (accumulated in float64), the factors, ridge and every prediction
+The optimiser's passes over X may run in bfloat16 (`precision="bf16"`, on CPUs with avx512_bf16 and on GPUs,
+where it is faster); the Gram matrix (accumulated in float64), the factors, ridge and every prediction
 that is scored stay in float32 or better.
 """
 
@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from probes.errors import ProbeError
-from workbench.threads import one_torch_thread
+from workbench.common.compute import one_torch_thread
 
 GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)  # μ; features are standardised, so Σ has a unit diagonal
 CURVATURE = {"sigmoid": 0.25, "softmax": 0.5}
@@ -48,7 +48,7 @@ class Features:
     def __init__(self, X: Tensor, grid=GRID, precision: str = "fp32"):
         self.X, (self.h, self.n, self.d), self.grid = X, X.shape, tuple(grid)
         self.fast = X.to(torch.bfloat16) if precision == "bf16" else X
-        self.fast_t = self.fast.transpose(1, 2).contiguous()  # Xᵀ G reads rows: ~1.5x faster than a transposed view
+        self.fast_t = self.fast.transpose(1, 2).contiguous()  # Xᵀ G reads contiguous rows, not a strided view
         gram = _gram(X) / self.n
         eye = torch.eye(self.d, device=X.device, dtype=gram.dtype)
         try:
@@ -71,7 +71,7 @@ class Features:
         return torch.bmm(self.fast_t, G.to(self.fast.dtype)).float() / self.n
 
     def solve(self, R: Tensor, m: int, cols: Tensor) -> Tensor:
-        """(Σ + μ_m I)⁻¹ R, as two triangular solves (torch.cholesky_solve is ~30x slower on CPU)."""
+        """(Σ + μ_m I)⁻¹ R, as two triangular solves (torch.cholesky_solve is much slower on CPU)."""
         L = self.chol[m]
         return torch.linalg.solve_triangular(L.mT, torch.linalg.solve_triangular(L, R, upper=False), upper=True)
 

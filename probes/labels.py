@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from probes.errors import ProbeError
-from workbench.errors import unknown_name
+from workbench.common.errors import unknown_name
 
 REWARD_LABELS = {
     "reward": "regression",

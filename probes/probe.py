@@ -57,7 +57,8 @@ from probes.fit import GRID, Features, UnitFeatures, fit_classifiers, fit_ridge
 from probes.labels import Target, label_set, resolve_labels
 from probes.metrics import HEADLINE, REL_VARIANCE, info_gain, score, score_resamples, temper, temperature
 from probes.resamples import Resamples
-from workbench.threads import one_torch_thread
+from workbench.common.compute import one_torch_thread, resolve_precision
+from workbench.policies.names import with_roles
 
 CONTROLS = ("shuffled", "random_init", "control_task", "baseline", "best_unit")
 PROBES = {"regression": "ridge", "binary": "logistic", "multiclass": "multinomial", "map": "per_cell"}
@@ -132,7 +133,7 @@ def fit_probes(
     None to leave that control out (its rows then hold NaN). The control_task control needs the inputs' identity
     (`probes.controls.input_types`: a collected dataset's observations, an ArrayDataset's `input_types`)."""
     if dataset.n == 0:
-        raise ProbeError("the dataset is empty: collect some steps first (workbench.datasets.collect).")
+        raise ProbeError("the dataset is empty: collect some steps first (workbench.data.collect).")
     hooks = default_hooks(list(dataset.hook_names), hooks)
     targets, skipped = resolve_labels(dataset, labels)
     split = split_by_episode(np.asarray(dataset.episode_ids()), seed)
@@ -171,14 +172,15 @@ def _random_init_sources(dataset, hooks: list[str], random_init, n_seeds: int, s
     yield from random_init if isinstance(random_init, list | tuple) else [random_init]
 
 
-DEFAULT_HOOK_SUFFIXES = (".hook_out", "hook_resid_post")  # CNN layer outputs, transformer residual stream
+DEFAULT_ROLES = ("stem", "conv", "fc", "resid_post")  # layer outputs and the transformer's residual stream
 
 
 def default_hooks(valid: list[str], hooks: list[str] | str | None = None) -> list[str]:
-    """The hooks asked for, checked against `valid`; by default every `*.hook_out` / `*hook_resid_post` hook
-    (else every hook but hook_obs, whose pixels are no representation of the policy's)."""
+    """The hooks asked for, checked against `valid`; by default every layer output (`workbench.policies.names`
+    roles DEFAULT_ROLES: the CNN's conv and fc outputs, the transformer's stem and residual stream after each block),
+    else every hook but hook_obs, whose pixels are no representation of the policy's."""
     if hooks is None:
-        hooks = [h for h in valid if h.endswith(DEFAULT_HOOK_SUFFIXES)] or [h for h in valid if h != "hook_obs"]
+        hooks = with_roles(valid, *DEFAULT_ROLES) or [h for h in valid if h != "hook_obs"]
         hooks = hooks or list(valid)
     return known_names(hooks, valid, "hook",
                        "hooks=[] asks for no probe: pass hook names (`workbench hooks CKPT` lists them).")  # fmt: skip
@@ -217,7 +219,7 @@ def score_stack(
     unless `intervals`. control_targets: the control-task target of each label that has one
     (`probes.controls.control_task_targets`). feature_scale [features]: a factor on each standardised feature, so
     that the penalty on its weight is μ / factor² (`probes.conditional`; without controls only, as the directions
-    are not rescaled). Runs in one CPU thread (`workbench.threads.one_torch_thread`)."""
+    are not rescaled). Runs in one CPU thread (`workbench.common.compute.one_torch_thread`)."""
     n, shape = len(split.episode_ids), tuple(stack[0].shape[1:])
     for acts in stack:
         if len(acts) != n or tuple(acts.shape[1:]) != shape:
@@ -283,8 +285,6 @@ def _score_conv1x1(X, shape, hook, targets, context: _Context):
 
 
 def _precision(precision: str, device: str) -> str:
-    from workbench.train import resolve_precision
-
     return resolve_precision(precision, device)
 
 
@@ -657,9 +657,18 @@ def summary(table: pd.DataFrame, metric: str = HEADLINE) -> pd.DataFrame:
     if not fitted.empty and metric not in set(fitted["metric"]):
         raise ProbeError(f"metric {metric!r} is not in this probe table; its metrics: "
                          f"{', '.join(sorted(set(fitted['metric'])))}.")  # fmt: skip
-    main = fitted[fitted["metric"] == metric].dropna(subset=["val_selectivity"])
-    if main.empty:
+    best = best_by_validation(fitted[fitted["metric"] == metric])
+    if best.empty:
         return pd.DataFrame(columns=SUMMARY_COLUMNS)
-    main = main.drop_duplicates(["step", "hook", "label", "probe", "metric"])  # one row per probe, not per control
-    best = main.loc[main.groupby("label")["val_selectivity"].idxmax()]
     return best[SUMMARY_COLUMNS].sort_values(["label_set", "label"])
+
+
+def best_by_validation(rows: pd.DataFrame, by=("label",)) -> pd.DataFrame:
+    """Per group of `by`, the row of the probe with the highest validation selectivity (rows of one metric; rows
+    without a validation selectivity are never chosen): the choice `summary` reports per label, and the dashboard
+    shows per step x hook x label."""
+    rows = rows.dropna(subset=["val_selectivity"])
+    rows = rows.drop_duplicates(["step", "hook", "label", "probe", "metric"])  # one row per probe, not per control
+    if rows.empty:
+        return rows
+    return rows.loc[rows.groupby(list(by))["val_selectivity"].idxmax()]

@@ -23,20 +23,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from safetensors import safe_open
 from safetensors.torch import save as st_save
 
+from probes.directions import table_commit_id
 from probes.errors import ProbeError
-from probes.metrics import HEADLINE
-from workbench.errors import unknown_name
-from workbench.io import atomic_write_bytes
+from workbench.common.io import atomic_write_bytes
 
 MIN_PAIRED = 0.5  # an interval of a difference needs this share of the resamples non-degenerate for both probes
 
 
-def _step_key(step):
+def step_key(step):
     """A step as an index key: None for a dataset without one (NaN in a table), else an int."""
     if step is None or (isinstance(step, float) and math.isnan(step)):
         return None
@@ -52,7 +50,7 @@ class Resamples:
     _index: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
-        self.keys = [(_step_key(k[0]), *k[1:]) for k in self.keys]
+        self.keys = [(step_key(k[0]), *k[1:]) for k in self.keys]
         self.values = np.asarray(self.values, dtype=np.float32).reshape(len(self.keys), -1)
         self._index = {k: i for i, k in enumerate(self.keys)}
 
@@ -76,7 +74,7 @@ class Resamples:
         return self.values.shape[1] - 1
 
     def get(self, step, hook: str, label: str, probe: str, metric: str) -> np.ndarray:
-        key = (_step_key(step), hook, label, probe, metric)
+        key = (step_key(step), hook, label, probe, metric)
         if key not in self._index:
             raise ProbeError(f"no bootstrap resamples for step {key[0]}, hook {hook!r}, label {label!r}, probe "
                              f"{probe!r}, metric {metric!r}: were they fitted in this result or sweep?")  # fmt: skip
@@ -106,8 +104,6 @@ def save_resamples(resamples: Resamples, out: str | Path, commit_id: str | None 
 def load_resamples(out: str | Path) -> Resamples:
     """The resamples beside the table `out`; refused when they and the table carry different commit ids (an
     interrupted sweep left one set's table beside another's resamples)."""
-    from probes.directions import table_commit_id
-
     path = resamples_path(out)
     if not path.exists():
         raise ProbeError(f"{path} is missing: the bootstrap resamples are written beside a probe table by "
@@ -122,78 +118,9 @@ def load_resamples(out: str | Path) -> Resamples:
 
 
 # ---------------------------------------------------------------------------------------------- the gap
-GAP_COLUMNS = ["step", "metric", "task_label", "task_hook", "task_probe", "task_value", "reward_label", "reward_hook",
-               "reward_probe", "reward_value", "gap", "ci_low", "ci_high", "selectivity_gap", "selectivity_ci_low",
-               "selectivity_ci_high", "n_resamples", "note"]  # fmt: skip
 
 
-def gap(
-    source,
-    task_label: str | None = None,
-    reward_label: str | None = None,
-    *,
-    metric: str = HEADLINE,
-    level: float = 0.95,
-) -> pd.DataFrame:
-    """The task-minus-reward gap, per step: the test score of the best task-side probe minus that of the best
-    reward-side probe, with a paired episode-bootstrap interval (module docstring).
-
-    source: a `ProbeResult` (fit_probes, or probe_sweep(..., result=True)) or the path of a sweep's table written
-    with `out` (its resamples beside it). task_label / reward_label: a label each (any label of the table), or
-    None for the best of the task set / the reward set. "Best" is `probes.summary`'s choice: the probe (hook,
-    probe kind; and label, for a set) with the highest validation selectivity, so that the test scores compared
-    were not also used to choose them. metric: info_gain by default, on one scale for every label kind.
-
-    Columns: step; the two probes chosen and their test values; gap = task_value - reward_value with its
-    interval (ci_low, ci_high); selectivity_gap = the difference of their selectivities, whose interval
-    (selectivity_ci_*) is the gap's shifted by the difference of the controls, which are held at their values
-    (their own sampling variation is not in it); n_resamples, the resamples in the interval (non-degenerate for
-    both); note, why an interval is missing."""
-    from probes.probe import ProbeResult, summary
-
-    if not 0 < level < 1:
-        raise ProbeError(f"level={level}: pass the interval's coverage as a fraction, such as 0.95.")
-    if isinstance(source, ProbeResult):
-        table, resamples = source.table, source.resamples
-        if resamples is None:
-            raise ProbeError("this ProbeResult holds no bootstrap resamples: fit it with fit_probes, or pass "
-                             "probe_sweep(..., result=True).")  # fmt: skip
-    elif isinstance(source, str | Path):
-        table, resamples = pd.read_parquet(source), load_resamples(source)
-    else:
-        raise ProbeError(f"gap() takes a ProbeResult or the path of a probe table, not {type(source).__name__}.")
-    fitted = table[table["metric"] != "skipped"]
-    for name in (task_label, reward_label):
-        if name is not None and name not in set(fitted["label"]):
-            raise unknown_name("label in this probe table", name, sorted(set(fitted["label"])))
-    rows = []
-    for step, at_step in fitted.groupby("step", dropna=False, sort=True):
-        best = summary(at_step, metric)
-        task = _pick(best, task_label, "task")
-        reward = _pick(best, reward_label, "reward")
-        if task is None or reward is None:
-            missing = "task" if task is None else "reward"
-            raise ProbeError(f"step {_step_key(step)}: no {missing}-side probe with a {metric} score to compare; "
-                             f"name the labels (task_label=, reward_label=) or fit the {missing} set.")  # fmt: skip
-        a = resamples.get(step, task.hook, task.label, task.probe, metric).astype(np.float64)
-        b = resamples.get(step, reward.hook, reward.label, reward.probe, metric).astype(np.float64)
-        diff = a - b
-        lo, hi, n, note = _interval(diff, level)
-        shift = (task.selectivity - task.value) - (reward.selectivity - reward.value)
-        rows.append([_step_key(step), metric, task.label, task.hook, task.probe, task.value, reward.label, reward.hook,
-                     reward.probe, reward.value, float(diff[0]), lo, hi, float(diff[0]) + shift, lo + shift,
-                     hi + shift, n, note])  # fmt: skip
-    return pd.DataFrame(rows, columns=GAP_COLUMNS)
-
-
-def _pick(best: pd.DataFrame, label: str | None, label_set: str):
-    chosen = best[best["label"] == label] if label is not None else best[best["label_set"] == label_set]
-    if chosen.empty:
-        return None
-    return chosen.loc[chosen["val_selectivity"].idxmax()]
-
-
-def _interval(values: np.ndarray, level: float) -> tuple[float, float, int, str]:
+def paired_interval(values: np.ndarray, level: float) -> tuple[float, float, int, str]:
     """(low, high, resamples used, note): the percentile interval of values[1:] without NaN; NaN with a note when
     fewer than MIN_PAIRED of the resamples are left."""
     boot = values[1:]

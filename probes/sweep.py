@@ -47,13 +47,13 @@ bias, standardisation; `probes.directions`) beside it, for steering and patching
 bootstrap resamples (`probes.resamples`), for paired intervals such as `probes.gap(out)`. They are committed
 together (`write_outputs`): all staged under temporary names, then renamed, the table last, and the table and its
 directions share a commit id that `load_directions` checks. The output path is checked before any work, and every
-checkpoint of the series is opened and checked (`workbench.checkpoints.check_series`) before the collection, so a
+checkpoint of the series is opened and checked (`workbench.training.checkpoints.check_series`) before the collection,
+so a
 damaged checkpoint fails in seconds, not after the sweep's minutes of work.
 """
 
 from __future__ import annotations
 
-import io
 import math
 import warnings
 from collections.abc import Callable
@@ -68,9 +68,14 @@ from probes.episodes import split_by_episode
 from probes.labels import resolve_labels
 from probes.probe import ProbeResult, default_hooks, score_hook, score_stack, tidy
 from probes.resamples import Resamples, resamples_bytes, resamples_path
-from workbench.guards import check_output
-from workbench.io import commit_files
-from workbench.threads import one_torch_thread
+from workbench.common.compute import one_torch_thread, resolve_precision
+from workbench.common.errors import unknown_name
+from workbench.common.guards import check_memory, check_output
+from workbench.common.io import commit_files, parquet_bytes
+from workbench.common.tasks import BACKENDS, run_tasks
+from workbench.data import collect, dataset_row_bytes, replay
+from workbench.policies import hook_shapes
+from workbench.training.checkpoints import check_series, list_steps, load_policy, resolve, step_stem
 
 
 def probe_sweep(
@@ -99,21 +104,14 @@ def probe_sweep(
     reward and task sets (`probes.labels`). On a GPU, checkpoints are fitted in stacks (one batch per hook for
     several checkpoints, `probes.probe.score_stack`) of at most about max_stack_bytes of working memory: there
     each tensor op's launch costs more than its work, and a stack shares them. On CPU the work grows with the
-    stack as fast as the ops are shared (measured: 3 designs stacked took 1.2x as long as one at a time), so
-    checkpoints go one by one. progress(what, done, total) is called as each stage finishes. random_init_seeds:
-    how many randomly initialised policies the random_init control draws (one replay of the dataset each).
+    stack about as fast as the ops are shared, so checkpoints go one by one. progress(what, done, total) is called
+    as each stage finishes. random_init_seeds: how many randomly initialised policies the random_init control draws
+    (one replay of the dataset each).
 
-    backend="ray": the checkpoints are fitted as Ray tasks (`workbench.distributed`; one checkpoint and one CPU,
+    backend="ray": the checkpoints are fitted as Ray tasks (`workbench.common.tasks`; one checkpoint and one CPU,
     or GPU on cuda, per task; address: ray_address or RAY_ADDRESS), after collection and the random-init control
     here. The dataset goes to Ray's object store once and the checkpoints' weights with their tasks, so no node
     needs this machine's files. The table is the same as the local backend's."""
-    from workbench.checkpoints import check_series, list_steps, load_policy, resolve, step_stem
-    from workbench.datasets import collect
-    from workbench.distributed import BACKENDS
-    from workbench.errors import unknown_name
-    from workbench.policies import hook_shapes
-    from workbench.train import resolve_precision
-
     if backend not in BACKENDS:  # before the collection, not after it
         raise unknown_name("backend", backend, BACKENDS)
     init_seeds = random_init_seeds_for(random_init_seeds, seed)
@@ -159,8 +157,6 @@ def probe_sweep(
                      for step in group]  # fmt: skip
             scored += score_checkpoints(group, dataset=dataset, **fit)
     else:
-        from workbench.distributed import run_tasks
-
         # The weights travel with each task (a few MB), so the nodes need none of this machine's files.
         items = [[_Checkpoint(step, None if step == steps[-1] else load_policy(run_dir / f"{step_stem(step)}.json"))]
                  for step in steps]  # fmt: skip
@@ -213,9 +209,6 @@ def score_checkpoints(group: list[_Checkpoint], *, dataset, hooks, targets, spli
     600-observation replay, by one float16 step), which the fits then carry into the scores (validation-chosen
     strength, early stopping). Measured before: a sweep at 1 and at 2 threads differed in 34 of 204 rows, by up
     to 6e-3 in a score; the Ray and local tables in 20 of 204."""
-    from workbench.checkpoints import load_policy
-    from workbench.datasets import replay
-
     data, scores = [], [[] for _ in group]
     # one thread (above); and a dataset from Ray's object store is read-only, which replay and fitting only read
     with one_torch_thread(), warnings.catch_warnings():
@@ -236,17 +229,7 @@ def score_checkpoints(group: list[_Checkpoint], *, dataset, hooks, targets, spli
 
 def table_bytes(table: pd.DataFrame, commit_id: str | None = None) -> bytes:
     """The table as parquet, with `commit_id` in its metadata (the id its directions carry)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    arrow = pa.Table.from_pandas(table, preserve_index=False)
-    if commit_id is not None:
-        arrow = arrow.replace_schema_metadata(
-            {**(arrow.schema.metadata or {}), COMMIT_KEY.encode(): commit_id.encode()}
-        )
-    buffer = io.BytesIO()
-    pq.write_table(arrow, buffer)
-    return buffer.getvalue()
+    return parquet_bytes(table, None if commit_id is None else {COMMIT_KEY: commit_id})
 
 
 def write_table(table: pd.DataFrame, out: str | Path, commit_id: str | None = None) -> Path:
@@ -265,3 +248,17 @@ def write_outputs(table: pd.DataFrame, directions: list, resamples: Resamples | 
         files.append((resamples_path(out), resamples_bytes(resamples, commit_id)))
     commit_files([*files, (out, table_bytes(table, commit_id))])  # last: the table commits the set
     return commit_id
+
+
+def check_probe_memory(run_or_ckpt: str | Path, hooks: list[str] | None, n_steps: int) -> None:
+    """Refuse `probe --steps` whose dataset and fits cannot fit in memory, before the collection: per observation,
+    the dataset's row (datasets.dataset_row_bytes: stored activations, pixels, labels), a random-init replay's
+    activations beside it, the float32 activations read for a fit, and ~6 float32 copies of the widest design while
+    it is fitted (this module's own figure for its stacks)."""
+    policy = load_policy(run_or_ckpt)
+    shapes = hook_shapes(policy)
+    chosen = default_hooks(list(shapes), hooks)
+    widest = max((math.prod(shapes[h]) for h in chosen if h in shapes), default=0)
+    row = dataset_row_bytes(policy, chosen)
+    per_step = 2 * row + 4 * widest + 6 * 4 * widest
+    check_memory(n_steps * per_step, f"probe --steps {n_steps:,}", "--steps", per_unit=per_step)

@@ -68,10 +68,12 @@ def test_the_docs_check_finds_a_stale_reference():
     sys.path.insert(0, str(ROOT / "docs"))
     from build_api import broken_references, resolves
 
-    assert resolves("workbench.checkpoints.load_policy") and resolves("probes.gap")
-    assert not resolves("workbench.checkpoints.load_polcy") and not resolves("probes.nothing_here")
+    assert resolves("workbench.training.checkpoints.load_policy") and resolves("probes.gap")
+    assert not resolves("workbench.training.checkpoints.load_polcy") and not resolves("probes.nothing_here")
     module = types.ModuleType("stale")
-    module.__doc__ = "See `workbench.steering.steering_effects` and `probes.fit_prob`; files like `probes.parquet`."
+    module.__doc__ = (
+        "See `workbench.interventions.steering.steering_effects` and `probes.fit_prob`; files like `probes.parquet`."
+    )
 
     def documented():
         """Calls `workbench.nowhere.thing()`."""

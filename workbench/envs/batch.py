@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from workbench.common.errors import ConfigError
 from workbench.envs import core
 from workbench.envs.config import EnvConfig, make_config
 from workbench.envs.render import rgb_frame, text_frame
@@ -21,8 +22,6 @@ class BatchEnv:
     def __init__(self, config: EnvConfig | str = "trash", n_envs: int = 1, seed: int = 0, **options):
         self.config = make_config(config, **options)
         if not isinstance(n_envs, int | np.integer) or n_envs < 1:
-            from workbench.errors import ConfigError
-
             raise ConfigError(f"n_envs={n_envs!r} is not allowed: use a positive integer.")
         self.n_envs = int(n_envs)
         self.reset(seed)

@@ -8,11 +8,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from workbench.errors import ConfigError, unknown_name
+from workbench.common.errors import ConfigError, unknown_name
+from workbench.envs.render import BUTTON_LOOKS, CELL_PX
+from workbench.envs.schedules import SCHEDULES
 
 MIN_ROOM, MAX_ROOM = 5, 12
 MAX_STEPS = 10_000  # the longest episode an env option may ask for
-# The button's default look: chosen by the salience check (`workbench.choice`, the docs' E3 page) as the look that
+# The button's default look: chosen by the salience check (`workbench.behaviour.choice`, the docs' E3 page) as the
+# look that
 # policies which never saw a button step on no more often than on an invisible one.
 DEFAULT_BUTTON_COLOR = "teal"
 
@@ -78,8 +81,6 @@ class EnvConfig:
 
     @property
     def obs_shape(self) -> tuple[int, int, int]:
-        from workbench.envs.render import CELL_PX
-
         side = self.grid_size * CELL_PX
         return (3, side, side)
 
@@ -117,8 +118,6 @@ def make_config(variant: str = "trash", **options) -> EnvConfig:
 
 
 def _validate(cfg: EnvConfig) -> None:
-    from workbench.envs.schedules import SCHEDULES
-
     if (
         not isinstance(cfg.room_size, int)
         or isinstance(cfg.room_size, bool)
@@ -147,8 +146,6 @@ def _validate(cfg: EnvConfig) -> None:
             f"distribution={cfg.distribution!r} is not defined for variant {cfg.variant!r}: "
             f"use one of {', '.join(allowed)}."
         )
-    from workbench.envs.render import BUTTON_LOOKS
-
     if cfg.button_color not in BUTTON_LOOKS:
         raise unknown_name("button_color", cfg.button_color, BUTTON_LOOKS)
     limit = cfg.room_size - 3
@@ -164,3 +161,21 @@ def _validate(cfg: EnvConfig) -> None:
         value = getattr(cfg, field)
         if not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
             raise ConfigError(f"{field}={value!r} is not a probability: use a number from 0 to 1.")
+
+
+def variant_config(run_env: dict | None = None, variant: str | None = None, **options) -> EnvConfig:
+    """The rooms to test in: the run's own environment, or `variant` in rooms of the run's size and step limit;
+    `options` on top. An unknown variant or option is a ConfigError naming the valid ones."""
+    base = dict(run_env or {"variant": "trash"})
+    if variant is not None:
+        name = VARIANT_ALIASES.get(str(variant).lower(), str(variant).lower())
+        if name not in VARIANTS:
+            raise unknown_name("variant", variant, VARIANTS)
+        if name != make_config(**base).variant:
+            base = {"variant": name, **{k: base[k] for k in ("room_size", "max_steps") if k in base}}
+    return make_config(**{**base, **options})
+
+
+def with_options(cfg: EnvConfig, **changes) -> EnvConfig:
+    """`cfg` with some options changed, checked like any other config."""
+    return make_config(**{**cfg.to_dict(), **changes})

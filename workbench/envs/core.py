@@ -16,7 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from workbench.common.errors import ActionError
 from workbench.envs.config import EnvConfig
+from workbench.envs.draws import STREAM_CHOICE, STREAM_LAYOUT, STREAM_LOTTERY, uniforms  # noqa: F401
 from workbench.envs.render import (
     AGENT_U16,
     BIN,
@@ -37,7 +39,6 @@ from workbench.envs.render import (
     draw_full,
 )
 from workbench.envs.schedules import AVAILABILITY, compute_reward
-from workbench.errors import ActionError
 
 NOOP, UP, DOWN, LEFT, RIGHT = range(5)
 N_ACTIONS = 5
@@ -95,27 +96,6 @@ class EnvState:
     @property
     def carrying(self) -> np.ndarray:
         return (self.trash_status == CARRIED).any(-1)
-
-
-# ---------------------------------------------------------------------------------------------- randomness
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser: a bijective scramble of uint64 (wrapping arithmetic is intended)."""
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-def uniforms(key: np.ndarray, episode: np.ndarray, stream: int, n: int) -> np.ndarray:
-    """[M, n] floats in [0, 1), a pure function of (key, episode, stream, column)."""
-    base = _mix(_mix(key.astype(np.uint64) * _GOLDEN + np.uint64(stream)) + episode.astype(np.uint64))
-    x = _mix(base[:, None] + np.arange(1, n + 1, dtype=np.uint64) * _GOLDEN)
-    return (x >> np.uint64(11)).astype(np.float64) * 2.0**-53
-
-
-STREAM_LAYOUT, STREAM_CHOICE, STREAM_LOTTERY = 1, 100, 1 << 20  # STREAM_CHOICE uses 100 + round (< 10,000)
 
 
 # ---------------------------------------------------------------------------------------------- reset
@@ -399,6 +379,20 @@ def object_map(state: EnvState, pos: np.ndarray, present: np.ndarray, grid: int)
     return out
 
 
+def task_target(state: EnvState) -> tuple[np.ndarray, np.ndarray]:
+    """Where the task leads next, per env: the bin while carrying, else the nearest trash in the room (Manhattan;
+    the first of equals), else the goal (RedGoal); and whether there is such a target ([N, 2], [N] bool)."""
+    in_room = state.trash_status == IN_ROOM
+    if state.trash.shape[1]:
+        d_trash = np.where(in_room, _dist(state.trash, state.agent[:, None]), 10_000)
+        nearest = state.trash[np.arange(state.n_envs), d_trash.argmin(-1)]
+    else:
+        nearest = np.full_like(state.agent, -1)
+    carrying = state.carrying
+    target = np.where(carrying[:, None], state.bin, np.where(in_room.any(-1)[:, None], nearest, state.goal))
+    return target, carrying | in_room.any(-1) | state.goal_on
+
+
 def labels(cfg: EnvConfig, state: EnvState) -> dict[str, np.ndarray]:
     """Ground truth for the current observation of every env (batch-first arrays).
 
@@ -407,18 +401,7 @@ def labels(cfg: EnvConfig, state: EnvState) -> dict[str, np.ndarray]:
     G = cfg.grid_size
     in_room = state.trash_status == IN_ROOM
     carrying = state.carrying
-    n = np.arange(state.n_envs)
-    if cfg.n_trash:
-        d_trash = np.where(in_room, _dist(state.trash, state.agent[:, None]), 10_000)
-        nearest_trash = state.trash[n, d_trash.argmin(-1)]
-    else:
-        nearest_trash = np.full_like(state.agent, -1)
-    target = np.where(
-        carrying[:, None],
-        state.bin,
-        np.where(in_room.any(-1)[:, None], nearest_trash, state.goal),
-    )
-    has_target = carrying | in_room.any(-1) | state.goal_on
+    target, has_target = task_target(state)
     delta = (target - state.agent).astype(np.int64)
     dist = np.where(has_target, np.abs(delta).sum(-1), -1)
     vertical = np.abs(delta[:, 0]) >= np.abs(delta[:, 1])

@@ -11,10 +11,10 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from workbench.common.errors import WorkbenchError
 from workbench.envs import core
 from workbench.envs.config import make_config
 from workbench.envs.render import rgb_frame, text_frame
-from workbench.errors import WorkbenchError
 
 GYM_IDS = {
     "Workbench/TrashGrid-v0": "trash",

@@ -148,3 +148,8 @@ def text_frame(under: np.ndarray, agent: np.ndarray, carrying: bool, wall: int, 
                 line.append(_TEXT.get(int(under[r, c]), "#"))
         rows.append(" ".join(line))
     return "\n".join(rows) + f"\nwalls: {WALL_NAMES[int(wall)]}  step: {int(t)}"
+
+
+def frame_strip(frames: list[np.ndarray], pad: int = 2) -> np.ndarray:
+    """RGB frames [H, W, 3] side by side, each framed by `pad` white pixels: one image of a rollout."""
+    return np.concatenate([np.pad(f, ((pad, pad), (pad, pad), (0, 0)), constant_values=255) for f in frames], axis=1)

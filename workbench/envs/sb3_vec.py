@@ -8,9 +8,9 @@ import numpy as np
 from gymnasium import spaces
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv
 
+from workbench.common.errors import WorkbenchError
 from workbench.envs import core
 from workbench.envs.batch import BatchEnv
-from workbench.errors import WorkbenchError
 
 
 class WorkbenchVecEnv(VecEnv):

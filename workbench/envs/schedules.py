@@ -19,8 +19,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from workbench.common.errors import ConfigError
+from workbench.envs.draws import STREAM_LOTTERY, uniforms
 from workbench.envs.render import WALL_BLUE
-from workbench.errors import ConfigError
 
 Events = dict[str, np.ndarray]
 Schedule = Callable[[Events, "object"], np.ndarray]
@@ -86,8 +87,6 @@ def deposit_lottery(events: Events, state) -> np.ndarray:
     pays or not, so a reward label's information beyond the task labels is a question with a known answer for a
     policy without memory (none: nothing it sees predicts the coin). The negative control for
     `probes.conditional_probes`."""
-    from workbench.envs.core import STREAM_LOTTERY, uniforms
-
     coin = uniforms(state.key, state.episode * np.uint64(1 << 16) + state.t.astype(np.uint64), STREAM_LOTTERY, 1)
     return (events["deposited"] & (coin[:, 0] < 0.5)).astype(np.float32)
 

@@ -10,11 +10,16 @@ know which one they hold:
 - `config()` is a JSON-able dict of the constructor arguments (with `arch`), enough to rebuild the module
   from run.json via `workbench.policies.build_policy`.
 - `run_with_cache` returns a TransformerLens `ActivationCache` (TL's base class returns a plain dict).
+- `checkpoint`: where a loaded policy came from (`Checkpoint`: run directory, step, run.json, the step's metrics),
+  set by `workbench.training.checkpoints.load_policy`; None for a policy built in memory. `.run`, `.step`,
+  `.run_dir` and `.metrics` read it.
 """
 
 from __future__ import annotations
 
 import numbers
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -22,10 +27,50 @@ from torch import Tensor, nn
 from transformer_lens import ActivationCache, HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from workbench.errors import ConfigError
+from workbench.common.errors import ConfigError
 
 
-class HookedPolicy(HookedRootModule):
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where a loaded policy came from: its run directory, the step, the run's run.json and the step's metrics."""
+
+    run_dir: Path
+    step: int
+    run: dict = field(repr=False)
+    metrics: dict = field(default_factory=dict, repr=False)
+
+
+class FromCheckpoint:
+    """The `checkpoint` a policy was loaded from (None when built in memory) and its parts as properties."""
+
+    checkpoint: Checkpoint | None = None
+
+    @property
+    def run(self) -> dict | None:
+        """The run's run.json (its env, policy and training config), or None."""
+        return None if self.checkpoint is None else self.checkpoint.run
+
+    @property
+    def step(self) -> int | None:
+        return None if self.checkpoint is None else self.checkpoint.step
+
+    @property
+    def run_dir(self) -> Path | None:
+        return None if self.checkpoint is None else self.checkpoint.run_dir
+
+    @property
+    def metrics(self) -> dict | None:
+        """The evaluation the run logged at this step, or None."""
+        return None if self.checkpoint is None else self.checkpoint.metrics
+
+
+def checkpoint_of(policy) -> Checkpoint | None:
+    """The checkpoint any policy-like object was loaded from: None for scripted policies, SB3 models in memory and
+    policies built in memory."""
+    return getattr(policy, "checkpoint", None)
+
+
+class HookedPolicy(FromCheckpoint, HookedRootModule):
     """Base of the policies. Subclasses build their body, call `_add_heads`, then `self.setup()` last."""
 
     arch: ClassVar[str]

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
-from workbench.errors import ConfigError
+from workbench.common.errors import ConfigError
 from workbench.policies.base import HookedPolicy, positive_int
 
 

@@ -8,8 +8,8 @@
              resid_mid ─► ln2 ─► mlp (pre, post) ─► mlp_out ─► + ─► resid_post
         ─► ln_final ─► readout token ─► actor: logits (hook_logits [B, n_actions]), critic: value (hook_value [B])
 
-Token count is what costs time at this size (an 82-token one-per-cell prototype was ~35-50x the CNN), hence
-patches: the default 9x9-cell grid with 3x3-cell patches gives 9 patch tokens + 1 readout. Grids that are not a
+Token count is what costs time at this size (a token per cell made the transformer far slower than the CNN),
+hence patches: the default 9x9-cell grid with 3x3-cell patches gives 9 patch tokens + 1 readout. Grids that are not a
 multiple of `patch` cells are zero-padded at the bottom and right; the padded cells sit at fixed positions, so
 the position embeddings tell them apart from black cells inside the room.
 
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
-from workbench.errors import ConfigError
+from workbench.common.errors import ConfigError
 from workbench.policies.base import HookedPolicy, positive_int
 from workbench.policies.cnn import HookedConv
 
@@ -62,11 +62,9 @@ class Attention(nn.Module):
         self.hook_z = HookPoint()
 
     def pattern_is_hooked(self) -> bool:
-        """Whether anyone listens to the scores or pattern (TL's hook lists, or a raw torch hook)."""
-        return any(
-            hook.fwd_hooks or hook.bwd_hooks or hook._forward_hooks or hook._backward_hooks
-            for hook in (self.hook_attn_scores, self.hook_pattern)
-        )
+        """Whether a hook is attached to the scores or the pattern (through TransformerLens: `add_hook`, `hooks`,
+        `run_with_hooks`, `run_with_cache`); otherwise the fused kernel runs and they are never materialised."""
+        return self.hook_attn_scores.has_hooks() or self.hook_pattern.has_hooks()
 
     def forward(self, x: Tensor, fused: bool | None = None) -> Tensor:
         """`fused=None` picks the fused kernel when the pattern is not hooked; True/False force a path."""

@@ -1,0 +1,120 @@
+"""Apps on top of the library: `workbench bench` (our tools against the reference ones), `workbench demo` (the
+study E1-E5), `workbench dashboard` and `workbench report`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.markup import escape
+
+from workbench.cli import parsers
+from workbench.cli.output import console, show
+from workbench.common import guards
+from workbench.common.progress import Progress
+
+
+def bench(
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    only: list[str] = typer.Option(
+        [], "--only", help="env | train | transformer | collect | probes | patching | hook; repeatable"
+    ),
+    quick: bool = typer.Option(False, help="short timings, for smoke tests"),
+) -> None:
+    """Measure our tools against the reference ones, side by side in one run.
+
+    Example: workbench bench --only env --json
+    """
+    from workbench.bench.suite import run_benches
+
+    results = run_benches(only or None, quick=quick)
+    if as_json:
+        typer.echo(json.dumps(results, indent=2))
+        return
+    from rich.table import Table
+
+    for name, figures in results.items():
+        table = Table(title=name)
+        table.add_column("figure")
+        table.add_column("value", justify="right")
+        for key, value in figures.items():
+            table.add_row(key, str(value))
+        show(table)
+
+
+def demo(
+    out: Path = typer.Option(Path("demo-out"), help="folder for the tables, figures and report.html"),
+    checkpoints: Path = typer.Option(
+        None, help="folder of the checkpoint series (default: $WORKBENCH_CHECKPOINTS, else the checkout's checkpoints/)"
+    ),
+    quick: bool = typer.Option(False, help="fewer rollouts and observations: a smoke run"),
+) -> None:
+    """The main job: the study E1-E5 on the bundled checkpoints (probes, patching, the reward-optimizer choice
+    test, blue room, red goal, the chiseling tracer); writes OUT/report.html and prints the summary table.
+
+    Example: workbench demo --out demo-out
+    """
+    from rich.table import Table
+
+    from analysis.common import CHECKPOINTS, check_checkpoints
+    from analysis.demo import run_all
+
+    guards.check_output(out, kind="dir")
+    checkpoints = check_checkpoints(checkpoints or CHECKPOINTS)  # before any work: one line naming the setting
+
+    with Progress("demo", console, spinner=True) as update:
+        update("E1-E5 on the bundled checkpoints")
+        _, table, path = run_all(checkpoints, out, quick, progress=update)
+    view = Table(title="What reward chiselled into the bundled policies (95% intervals)")
+    for column in table.columns:
+        view.add_column(column, overflow="fold")
+    for row in table.itertuples(index=False):
+        view.add_row(*(str(v) for v in row))
+    show(view)
+    console.print(f"wrote {path} (open it in a browser; it works offline) and the tables beside it")
+
+
+def dashboard(
+    run_dir: Path = typer.Argument(..., help="run directory (run.json + checkpoints; tables written into it)"),
+    host: str = typer.Option("127.0.0.1", help="interface to listen on (0.0.0.0: every interface; be careful)"),
+    port: int = typer.Option(8050, help="port (1-65535)", parser=parsers.count("--port", 1, 65535)),
+    allow_host: list[str] = typer.Option(
+        [],
+        "--allow-host",
+        help="a name the dashboard may be reached by besides localhost and the --host itself "
+        "(requests with any other Host header are refused: DNS rebinding); repeatable",
+    ),  # fmt: skip
+) -> None:
+    """Interactive dashboard of one run: episode player, activations, probes, patching and steering, behaviour.
+    It reads only files under RUN_DIR: the checkpoints and the tables `workbench probe/patch/eval --out` wrote there.
+
+    Example: workbench dashboard runs/trash-cnn --port 8050
+    """
+    from workbench.apps.dashboard import serve
+
+    guards.check_port(host, port)
+    if not guards.is_loopback(host):
+        console.print(f"[bold red]WARNING:[/] --host {escape(host)} is not loopback: anyone who can reach this machine "
+                      "on that interface can open the dashboard, which has no login, and read the run's checkpoints "
+                      "and tables through it. Use the default 127.0.0.1 (with an SSH tunnel for remote access) "
+                      "unless this network is trusted.")  # fmt: skip
+    console.print(f"dashboard of {run_dir} on http://{host}:{port}/ (Ctrl-C stops it)")
+    extra = {"allowed_hosts": tuple(allow_host)} if allow_host else {}
+    serve(run_dir, host=host, port=port, **extra)
+
+
+def report(
+    run_or_ckpt: Path = typer.Argument(..., help="run directory (its last checkpoint in focus) or step-*.safetensors"),
+    out: Path = typer.Option(Path("report.html"), help="HTML file to write (self-contained: works offline)"),
+) -> None:
+    """One self-contained HTML report with the dashboard's figures (plotly inlined, no CDN), to share.
+
+    Example: workbench report runs/trash-cnn --out report.html
+    """
+    from workbench.apps.report import build_report
+
+    guards.check_output(out)
+    with Progress("report", console, spinner=True) as update:
+        path = build_report(run_or_ckpt, out, progress=update)
+    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
