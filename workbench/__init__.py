@@ -59,6 +59,11 @@ MOVED = {
     "workbench.dashboard.data": "workbench.apps.data",
     "workbench.dashboard.figures": "workbench.apps.figures",
     "workbench.dashboard.paths": "workbench.apps.paths",
+    "workbench.bench_collect": "workbench.bench.collect",
+    "workbench.bench_hooked": "workbench.bench.hooked",
+    "workbench.bench_patching": "workbench.bench.patching",
+    "workbench.policies._bench": "workbench.bench.policies",
+    "probes.bench": "workbench.bench.probes",
 }
 
 
