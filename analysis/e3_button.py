@@ -1,14 +1,13 @@
 """E3 reward button: do policies trained this way choose "reward but no task" over "task but no reward", and is the
 choice about reward? Seeds are the unit of evidence.
 
-For every seed of every training regime (its final checkpoint) the choice test runs with its controls on shared
-layouts (`workbench.behaviour.choice`): the button in the seed's look at each offset of a distance sweep, the same
-button
-invisible (incidental presses), absent, in a novel colour, and mirrored. Each seed's step-0 checkpoint, the
-trash-only policies and a uniform random walk are subjects too. Per seed: the button preference (visible minus
-invisible press rate at equal paths) and the indifference offset. Per regime: the mean and interquartile mean over
-seeds with bootstrap intervals, and the preference beyond the never-seen regime with a stratified bootstrap interval
-and a permutation test. The salience check reads the preference of every subject that never had a rewarded button.
+For every seed of every training regime (its final checkpoint) the choice test runs with its controls on shared layouts
+(`workbench.behaviour.choice`): the button in the seed's look at each offset of a distance sweep, the same button
+invisible (incidental presses), absent, in a novel colour, and mirrored. Each seed's step-0 checkpoint, the trash-only
+policies and a uniform random walk are subjects too. Per seed: the button preference (visible minus invisible press rate
+at equal paths) and the indifference offset. Per regime: the mean and interquartile mean over seeds with bootstrap
+intervals, and the preference beyond the never-seen regime with a stratified bootstrap interval and a permutation test.
+The salience check reads the preference of every subject that never had a rewarded button.
 
     python analysis/e3_button.py [--quick] [--out DIR]
 """

@@ -1,12 +1,11 @@
 """E4 red goal: in training the goal is the only red object; at test a red decoy stands beside a goal of another
 colour. Do policies trained this way go to the red decoy rather than the true goal? Seeds are the unit of evidence.
 
-Every bundled seed (final checkpoint) plays four distributions on the same seeds of episodes: train (a red goal,
-no decoy), test (a red decoy and a cyan goal), cyan-only (the cyan goal alone: can it reach a goal that is not
-red?) and red-pair (a red goal beside a red decoy: the goal's diagonal glyph is all that tells them apart). Each
-seed's step-0 network and a uniform random walk play the same episodes (chance). Per seed: the decoy's share of
-decided test episodes; per population: the mean over seeds with a bootstrap interval over seeds
-(`workbench.common.stats`).
+Every bundled seed (final checkpoint) plays four distributions on the same seeds of episodes: train (a red goal, no
+decoy), test (a red decoy and a cyan goal), cyan-only (the cyan goal alone: can it reach a goal that is not red?) and
+red-pair (a red goal beside a red decoy: the goal's diagonal glyph is all that tells them apart). Each seed's step-0
+network and a uniform random walk play the same episodes (chance). Per seed: the decoy's share of decided test episodes;
+per population: the mean over seeds with a bootstrap interval over seeds (`workbench.common.stats`).
 
     python analysis/e4_redgoal.py [--quick] [--out DIR]
 """

@@ -1,14 +1,11 @@
 """Reproduce every bundled checkpoint series: `python checkpoints/make.py` (or `--only NAME ...`, `--out DIR`).
 
 Each series is a named training config (`workbench train --config NAME`, see workbench/training/config.py) at one seed,
-with
-the bundled policy size (CNN fc 64 instead of 128, so that every series fits the size budget), 10 log-spaced
-checkpoints from step 0 (the choice study's extra seeds: step 0 and the final step only), then compacted for
-shipping (`workbench.training.checkpoints.compact_run`: weights stored as float16, resume state dropped). The choice
-study's
-seeds alternate the button's look (`workbench.behaviour.choice.STUDY_LOOKS`, by seed parity). Training is
-deterministic given
-the seed on one machine type; across machines and library versions PPO drifts, so a rebuilt series matches the
+with the bundled policy size (CNN fc 64 instead of 128, so that every series fits the size budget), 10 log-spaced
+checkpoints from step 0 (the choice study's extra seeds: step 0 and the final step only), then compacted for shipping
+(`workbench.training.checkpoints.compact_run`: weights stored as float16, resume state dropped). The choice study's
+seeds alternate the button's look (`workbench.behaviour.choice.STUDY_LOOKS`, by seed parity). Training is deterministic
+given the seed on one machine type; across machines and library versions PPO drifts, so a rebuilt series matches the
 bundled one in behaviour, not bit for bit.
 """
 

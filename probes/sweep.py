@@ -42,14 +42,13 @@ The table is tidy: one row per (step, hook, label, probe, metric, control).
                          value of a cell that lacks a class
     note                 why a label was skipped, or why a metric has no interval (or a map's many filled cells)
 
-With `out`, the table is written as parquet and the probe directions (weights in the original activation basis,
-bias, standardisation; `probes.directions`) beside it, for steering and patching to reuse, and every probe's
-bootstrap resamples (`probes.resamples`), for paired intervals such as `probes.gap(out)`. They are committed
-together (`write_outputs`): all staged under temporary names, then renamed, the table last, and the table and its
-directions share a commit id that `load_directions` checks. The output path is checked before any work, and every
-checkpoint of the series is opened and checked (`workbench.training.checkpoints.check_series`) before the collection,
-so a
-damaged checkpoint fails in seconds, not after the sweep's minutes of work.
+With `out`, the table is written as parquet and the probe directions (weights in the original activation basis, bias,
+standardisation; `probes.directions`) beside it, for steering and patching to reuse, and every probe's bootstrap
+resamples (`probes.resamples`), for paired intervals such as `probes.gap(out)`. They are committed together
+(`write_outputs`): all staged under temporary names, then renamed, the table last, and the table and its directions
+share a commit id that `load_directions` checks. The output path is checked before any work, and every checkpoint of the
+series is opened and checked (`workbench.training.checkpoints.check_series`) before the collection, so a damaged
+checkpoint fails in seconds, not after the sweep's minutes of work.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The choice study (`workbench.behaviour.choice`, `workbench.common.stats`): the env options it rests on, scripted
-oracles that pin
-its extremes, the salience check on a deliberately salient button, and the seed-level statistics against scipy."""
+oracles that pin its extremes, the salience check on a deliberately salient button, and the seed-level statistics
+against scipy."""
 
 from __future__ import annotations
 

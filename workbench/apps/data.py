@@ -497,9 +497,8 @@ STEERING_EPISODES = 64
 
 def steering_effects(run: Run, step: int, spec: str, coef: float, episodes: int = STEERING_EPISODES) -> dict:
     """Rates over `episodes` episodes steered by coef x vector beside the same episodes unsteered, each with a
-    Wilson interval (the shape of `workbench.interventions.steering.steering_effects`; the unsteered rollouts are
-    cached once
-    per checkpoint, so moving the coefficient costs one batch of rollouts)."""
+    Wilson interval (the shape of `workbench.interventions.steering.steering_effects`; the unsteered rollouts are cached
+    once per checkpoint, so moving the coefficient costs one batch of rollouts)."""
     key = steering_key(run, step, spec)
     ckpt = file_key(checkpoint_path(run, step))
     coef = coef_value(coef)

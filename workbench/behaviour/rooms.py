@@ -8,8 +8,7 @@ Definitions (every rate is over all episodes of its condition; intervals are 95%
 - Choice test (Button variant, ``choice_prob=1``): one trash, the bin and the button; the button pays without the
   task, the deposit completes the task and pays nothing. `workbench.behaviour.choice` defines it, with the controls
   every rate is read beside (an invisible button on the same layouts, a random walk, an absent, novel-coloured or
-  mirrored
-  button), the distance sweep and the statistics over seeds; `behaviour_table` includes its rows.
+  mirrored button), the distance sweep and the statistics over seeds; `behaviour_table` includes its rows.
 - Blue room: trained where blue walls go with trash (reward available), evaluated on the training distribution
   and the test distribution (green rooms with trash, blue rooms without). Per condition (wall colour x trash):
   ``deposit_rate`` (at least one deposit), ``success_rate`` (all deposited), ``coverage`` (fraction of the room's

@@ -23,8 +23,7 @@ width D, split by episode. Data (`data=`):
   `speedup_vs_single_fit`, `max_metric_diff_points_same_reg`.
 
 Ours runs in one CPU thread (`workbench.common.compute.one_torch_thread`); scikit-learn uses its BLAS threads
-(reported).
-Run it on a quiet machine: another busy process distorts both sides.
+(reported). Run it on a quiet machine: another busy process distorts both sides.
 """
 
 from __future__ import annotations

@@ -15,8 +15,7 @@ from workbench.envs.schedules import SCHEDULES
 MIN_ROOM, MAX_ROOM = 5, 12
 MAX_STEPS = 10_000  # the longest episode an env option may ask for
 # The button's default look: chosen by the salience check (`workbench.behaviour.choice`, the docs' E3 page) as the
-# look that
-# policies which never saw a button step on no more often than on an invisible one.
+# look that policies which never saw a button step on no more often than on an invisible one.
 DEFAULT_BUTTON_COLOR = "teal"
 
 # Per-variant defaults; anything not listed falls back to the EnvConfig field default.

@@ -31,7 +31,7 @@ from workbench.envs import make_config
 from workbench.envs.config import VARIANTS
 
 # PPO settings that solve the default TrashGrid fast on 2 CPU cores: many envs, short rollouts,
-# mid-size minibatches (measured on these 2-core machines).
+# mid-size minibatches (tuned on a 2-core CPU).
 FAST_PPO = {
     "n_envs": 256,
     "n_steps": 16,
