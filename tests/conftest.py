@@ -38,7 +38,7 @@ def fingerprint(folder: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
-    """`tiny_config()` trained once for the session, on one torch thread (tiny batches: ~8x faster than two)."""
+    """`tiny_config()` trained once for the session, on one torch thread (tiny batches gain nothing from a second)."""
     from workbench.common.compute import one_torch_thread
     from workbench.training.ppo import train
 
