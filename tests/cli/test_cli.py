@@ -21,6 +21,12 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "workbench.cli.main", *args], capture_output=True, text=True, cwd=ROOT)
 
 
+def test_the_package_runs_as_a_module_with_one_clean_stderr():
+    """`python -m workbench.cli` is the `workbench` command, without runpy's warning about the package."""
+    done = subprocess.run([sys.executable, "-m", "workbench.cli", "envs"], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0 and "Workbench/TrashGrid-v0" in done.stdout and done.stderr == ""
+
+
 def test_envs_lists_variants_and_schedules():
     result = runner.invoke(app, ["envs"])
     assert result.exit_code == 0
