@@ -36,7 +36,6 @@ from workbench.envs import EnvConfig
 from workbench.envs import minigrid as minigrid_world
 from workbench.envs.config import variant_config, with_options
 from workbench.envs.core import IN_ROOM
-from workbench.envs.minigrid import minigrid_config
 from workbench.envs.oracles import SCRIPTED_PREFIX, scripted_policy
 from workbench.envs.render import WALL_BLUE
 from workbench.envs.rollouts import check_policy_fits, check_rollout_memory, evaluate, rollout_episodes
@@ -223,7 +222,7 @@ def _minigrid_env(run_env: dict, env: str | None, options: dict):
         raise WorkbenchError(f"{env!r} is not a MiniGrid env: this run acts in MiniGrid ({run_env['env_id']}); pass "
                              "--env MiniGrid-..., or leave --env out for its own env.")  # fmt: skip
     kwargs = {**(run_env.get("kwargs") or {}), **options}
-    return minigrid_config(env or run_env["env_id"], obs=run_env.get("obs", "image"), kwargs=kwargs)
+    return minigrid_world.minigrid_config(env or run_env["env_id"], obs=run_env.get("obs", "image"), kwargs=kwargs)
 
 
 def choice_test_summary(spec: str, episodes: int = 500, seed: int = 12345, deterministic: bool = False,
