@@ -64,6 +64,7 @@ import pandas as pd
 from probes.controls import RandomInitDraws, control_task_targets, random_init_datasets, random_init_seeds_for
 from probes.directions import COMMIT_KEY, directions_files, new_commit_id
 from probes.episodes import split_by_episode
+from probes.errors import ProbeError
 from probes.labels import resolve_labels
 from probes.probe import ProbeResult, default_hooks, score_hook, score_stack, tidy
 from probes.resamples import Resamples, resamples_bytes, resamples_path
@@ -94,6 +95,7 @@ def probe_sweep(
     ray_address: str | None = None,
     random_init_seeds: int = 5,
     result: bool = False,
+    steps: list[int] | None = None,
 ) -> pd.DataFrame | ProbeResult:
     """Probe every checkpoint of a run (or the one checkpoint given); returns the tidy table (module docstring),
     or with result=True a `ProbeResult` (the table, the directions and every probe's bootstrap resamples, for
@@ -105,7 +107,8 @@ def probe_sweep(
     each tensor op's launch costs more than its work, and a stack shares them. On CPU the work grows with the
     stack about as fast as the ops are shared, so checkpoints go one by one. progress(what, done, total) is called
     as each stage finishes. random_init_seeds: how many randomly initialised policies the random_init control draws
-    (one replay of the dataset each).
+    (one replay of the dataset each). steps: probe only these checkpoints of the run (default every one; the
+    last of them collects the dataset).
 
     backend="ray": the checkpoints are fitted as Ray tasks (`workbench.common.tasks`; one checkpoint and one CPU,
     or GPU on cuda, per task; address: ray_address or RAY_ADDRESS), after collection and the random-init control
@@ -117,7 +120,7 @@ def probe_sweep(
     if out is not None:
         check_output(out, option="out")  # before the work, not after it
     run_dir, step = resolve(run_or_ckpt)
-    steps = list_steps(run_dir) if Path(run_or_ckpt).is_dir() else [step]
+    steps = _chosen_steps(run_dir, steps) if Path(run_or_ckpt).is_dir() else [step]
     check_series(run_dir, steps)  # every checkpoint opened and checked now: a damaged one fails in seconds
     total = len(steps) + 2
     report = progress or (lambda what, done, total: None)
@@ -182,6 +185,18 @@ def probe_sweep(
     if out is not None:
         write_outputs(table, directions, resamples, out)
     return ProbeResult(table, directions, resamples) if result else table
+
+
+def _chosen_steps(run_dir: Path, steps: list[int] | None) -> list[int]:
+    """The run's steps, or the ones asked for (sorted, each once), checked against the run's."""
+    have = list_steps(run_dir)
+    if steps is None:
+        return have
+    missing = [s for s in steps if s not in have]
+    if missing or not steps:
+        what = f"no checkpoint at step {missing[0]}" if missing else "no step given"
+        raise ProbeError(f"steps={list(steps)}: {what} in {run_dir}; its steps: {', '.join(map(str, have))}.")
+    return sorted(set(int(s) for s in steps))
 
 
 @dataclass

@@ -9,6 +9,7 @@ import time
 import numpy as np
 import torch
 
+from workbench.bench import BENCHMARKS
 from workbench.bench.collect import bench_collect
 from workbench.bench.policies import bench_transformer_forward
 from workbench.bench.probes import bench_probes
@@ -75,8 +76,10 @@ def bench_env(n_envs: int = 256, seconds: float = 3.0) -> dict:
     }
 
 
-def run_benches(only: list[str] | None = None, quick: bool = False) -> dict:
-    """Run the named benchmarks (all by default). quick: short timings and one seed, for smoke tests only."""
+def run_benches(only: list[str] | None = None, quick: bool = False, options: dict | None = None) -> dict:
+    """Run the named benchmarks (all by default). quick: short timings and one seed, for smoke tests only.
+    options: {name: keyword arguments} for a benchmark's own function."""
+    options = options or {}
     benches = {
         "env": lambda: bench_env(seconds=0.5 if quick else 3.0),
         "train": lambda: bench_throughput(seconds=0.5) if quick else bench_train(),
@@ -85,7 +88,17 @@ def run_benches(only: list[str] | None = None, quick: bool = False) -> dict:
         "probes": lambda: _probes(quick),
         "patching": lambda: _bench_module("workbench.bench.patching", "bench_patching", quick),
         "hook": lambda: _bench_module("workbench.bench.hooked", "bench_hooked", quick),
+        "probe-sweep": lambda: _bench_module(
+            "workbench.bench.probe_sweep", "bench_probe_sweep", quick, **options.get("probe-sweep", {})
+        ),  # fmt: skip
+        "patch-sweep": lambda: _bench_module(
+            "workbench.bench.patching", "bench_patch_sweep", quick, **options.get("patch-sweep", {})
+        ),  # fmt: skip
+        "train-seeds": lambda: _bench_module(
+            "workbench.bench.training", "bench_train_seeds", quick, **options.get("train-seeds", {})
+        ),  # fmt: skip
     }
+    assert set(benches) == set(BENCHMARKS)
     names = only or list(benches)
     unknown = [n for n in names if n not in benches]
     if unknown:
@@ -111,10 +124,10 @@ def _probes(quick: bool) -> dict:
     return bench_probes(n=3_000, dims=(64,), n_hooks=1) if quick else bench_probes()
 
 
-def _bench_module(module: str, function: str, quick: bool) -> dict:
+def _bench_module(module: str, function: str, quick: bool, **options) -> dict:
     import importlib
 
-    return getattr(importlib.import_module(module), function)(quick=quick)
+    return getattr(importlib.import_module(module), function)(quick=quick, **options)
 
 
 def _cpus() -> int:

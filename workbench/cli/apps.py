@@ -14,21 +14,33 @@ from workbench.cli.output import console, show
 from workbench.common import guards
 from workbench.common.progress import Progress
 
+bench_app = typer.Typer(
+    help="Measure our tools against the reference ones, side by side in one run: `workbench bench` runs them all "
+    "(or --only NAME), `workbench bench NAME` one, with its own options.",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 
+
+@bench_app.callback(invoke_without_command=True)
 def bench(
+    ctx: typer.Context,
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
-    only: list[str] = typer.Option(
-        [], "--only", help="env | train | transformer | collect | probes | patching | hook; repeatable"
-    ),
+    only: list[str] = typer.Option([], "--only", help="a benchmark's name (the subcommands below); repeatable"),
     quick: bool = typer.Option(False, help="short timings, for smoke tests"),
 ) -> None:
-    """Measure our tools against the reference ones, side by side in one run.
+    """Measure our tools against the reference ones, side by side in one run (all of them, or --only NAME).
 
     Example: workbench bench --only env --json
     """
+    if ctx.invoked_subcommand is not None:
+        return
     from workbench.bench.suite import run_benches
 
-    results = run_benches(only or None, quick=quick)
+    _show_bench(run_benches(only or None, quick=quick), as_json)
+
+
+def _show_bench(results: dict, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(results, indent=2))
         return
@@ -41,6 +53,54 @@ def bench(
         for key, value in figures.items():
             table.add_row(key, str(value))
         show(table)
+
+
+def _bench_command(name: str, summary: str):
+    """`workbench bench NAME`: one benchmark, with --json and --quick."""
+
+    def command(
+        as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+        quick: bool = typer.Option(False, help="short timings, for smoke tests"),
+    ) -> None:
+        from workbench.bench.suite import run_benches
+
+        _show_bench(run_benches([name], quick=quick), as_json)
+
+    command.__doc__ = f"{summary}\n\nExample: workbench bench {name} --json"
+    return command
+
+
+def _register_bench_commands() -> None:
+    from workbench.bench import BENCHMARKS  # the package's __init__ imports no torch
+
+    for name, summary in BENCHMARKS.items():
+        if name != "probe-sweep":
+            bench_app.command(name)(_bench_command(name, summary))
+
+
+_register_bench_commands()
+
+
+@bench_app.command("probe-sweep")
+def bench_probe_sweep(
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    quick: bool = typer.Option(False, help="2 checkpoints, 1,200 observations, 20 replicates: a smoke run"),
+    reference_steps: str = typer.Option(
+        "1",
+        help="how many of the checkpoints the scikit-learn reference measures (its time is projected to all), or 'all'",
+    ),
+    reference_init_seeds: int = typer.Option(1, min=1, help="how many random-init draws the reference measures"),
+) -> None:
+    """The E1 probe sweep (10 checkpoints of trash-cnn-s0 x its hooks x every label, every control, bootstrap
+    intervals): ours vs a scikit-learn loop over the same grid; speed, held-out agreement and convergence.
+
+    Example: workbench bench probe-sweep --json
+    """
+    from workbench.bench.suite import run_benches
+
+    steps = reference_steps if reference_steps == "all" else guards.check_int(reference_steps, "--reference-steps", 1)
+    options = {"reference_steps": steps, "reference_init_seeds": reference_init_seeds}
+    _show_bench(run_benches(["probe-sweep"], quick=quick, options={"probe-sweep": options}), as_json)
 
 
 def demo(

@@ -116,7 +116,6 @@ app = typer.Typer(
 COMMANDS = {
     "envs": inspection.envs,
     "render": inspection.render,
-    "bench": apps.bench,
     "train": train.train,
     "hooks": inspection.hooks,
     "import-sb3": train.import_sb3,
@@ -131,6 +130,7 @@ COMMANDS = {
 }
 for _name, _command in COMMANDS.items():
     app.command(_name)(_command)
+app.add_typer(apps.bench_app, name="bench")  # a group: `workbench bench` runs them all, `workbench bench NAME` one
 
 
 def main() -> None:
