@@ -2,7 +2,8 @@
 
 `train`'s options that set the config are not declared here: they are made from the TrainConfig fields'
 metadata (`workbench.training.config.field_options`: flag, help, range), and `--config` lists NAMED_CONFIGS, so a
-field documented there is an option here. The others (--out, --resume, --seeds, ...) say where and how to train.
+field documented there is an option here. The others (--out, --resume, --seeds, --jobs, ...) say where and how to
+train.
 """
 
 from __future__ import annotations
@@ -53,6 +54,13 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar or progress lines (for scripts)"),
     seeds: str = typer.Option(None, "--seeds", help="several seeds, e.g. 0,1,2: one run per seed, in <out>-s<seed>"),
     backend: str = typer.Option("local", help="local | ray: the seeds as Ray tasks (needs the ray extra)"),
+    jobs: str = typer.Option(
+        "1",
+        "--jobs",
+        metavar="N",
+        help="with --seeds: this many seeds at once, each in its own process with CPUs/N torch threads (1 to the CPU "
+        "count; --backend local)",
+    ),
     ray_address: str = typer.Option(None, "--ray-address", help="Ray cluster HEAD:6379 (default: RAY_ADDRESS)"),
     **fields,
 ) -> None:
@@ -61,14 +69,19 @@ def train(
     Example: workbench train --env trash --policy cnn --steps 200000 --seed 0 --out runs/trash-cnn
 
     Example: workbench train --config trash-cnn --seeds 0,1,2 --backend ray --out runs/trash-cnn
+
+    Example: workbench train --config trash-cnn --seeds 0,1,2,3 --jobs 2 --out runs/trash-cnn
     """
     from workbench.training.checkpoints import list_steps, read_json, step_stem
     from workbench.training.config import check_config, train_config
-    from workbench.training.seeds import parse_seeds, seed_run_dir
+    from workbench.training.seeds import check_jobs, parse_seeds, seed_run_dir
 
     seed_list = (
         None if seeds is None else [guards.check_int(s, "--seeds", 0, guards.SEED_MAX) for s in parse_seeds(seeds)]
     )
+    n_jobs = check_jobs(jobs, backend)
+    if n_jobs > 1 and seed_list is None:
+        raise WorkbenchError(f"--jobs {n_jobs} without --seeds: --jobs trains several seeds at once; pass --seeds too.")
     guards.check_outputs([out] if seed_list is None else [seed_run_dir(out, s) for s in seed_list], kind="dir")
     for option in field_options():
         if option.pairs:
@@ -81,7 +94,7 @@ def train(
         if seed_list is not None and fields["seed"] is not None:
             raise WorkbenchError("--seed and --seeds: pass one of them.")
         run_dirs = train_seeds(cfg, seed_list, out, backend=backend, device=device,
-                               resume=resume, address=ray_address,
+                               resume=resume, address=ray_address, jobs=n_jobs,
                                progress=lambda done, total: console.print(f"trained {done}/{total} runs"))  # fmt: skip
     else:
         from workbench.training.ppo import train as train_run
