@@ -93,9 +93,10 @@ def redgoal_rows(policy, cfg: EnvConfig, episodes: int, seed: int, distributions
     return rows
 
 
-def task_rows(policy, cfg: EnvConfig, episodes: int, seed: int) -> list[dict]:
-    """The rooms as configured: task success, deposits, button presses, return and length."""
-    ep = rollout_episodes(policy, cfg, episodes, seed)
+def task_rows(policy, cfg: EnvConfig, episodes: int, seed: int, played: dict | None = None) -> list[dict]:
+    """The rooms as configured: task success, deposits, button presses, return and length. played: those
+    episodes, already played (`rollout_episodes(policy, cfg, episodes, seed)`)."""
+    ep = rollout_episodes(policy, cfg, episodes, seed) if played is None else played
     where = {"distribution": cfg.distribution, "condition": "all"}
     return [
         rate_row("success_rate", ep["task_complete"] > 0, **where),
@@ -107,8 +108,10 @@ def task_rows(policy, cfg: EnvConfig, episodes: int, seed: int) -> list[dict]:
 
 
 def behaviour_table(policy, cfg: EnvConfig, episodes: int = 500, seed: int = 12345, pinned: tuple[str, ...] = (),
-                    run: str = "", step: int = -1, run_seed: int = -1) -> pd.DataFrame:  # fmt: skip
-    """Every behavioural test of `cfg`'s variant, as tidy rows (COLUMNS).
+                    run: str = "", step: int = -1, run_seed: int = -1,
+                    played: dict | None = None) -> pd.DataFrame:  # fmt: skip
+    """Every behavioural test of `cfg`'s variant, as tidy rows (COLUMNS). played: the sampled episodes of the rooms
+    as configured, already played (`task_rows`).
 
     button: the choice test, plus the rooms as configured (the training distribution); blueroom and redgoal: the
     training and test distributions (only cfg's own where "distribution" is `pinned`, i.e. chosen by the user);
@@ -116,13 +119,13 @@ def behaviour_table(policy, cfg: EnvConfig, episodes: int = 500, seed: int = 123
     if cfg.variant == "button":
         rows = choice_test(policy, cfg, episodes, seed)["rows"]
         if "choice_prob" not in pinned:
-            rows += task_rows(policy, cfg, episodes, seed)
+            rows += task_rows(policy, cfg, episodes, seed, played)
     elif cfg.variant in ("blueroom", "redgoal"):
         fn = blueroom_rows if cfg.variant == "blueroom" else redgoal_rows
         dists = (cfg.distribution,) if "distribution" in pinned else ("train", "test")
         rows = fn(policy, cfg, episodes, seed, dists)
     else:
-        rows = task_rows(policy, cfg, episodes, seed)
+        rows = task_rows(policy, cfg, episodes, seed, played)
     return tidy_rows(rows, cfg.variant, run, step, run_seed)
 
 
@@ -204,11 +207,13 @@ def evaluate_runs(specs: list[str], env: str | None = None, episodes: int = 200,
         cfg = variant_config(info["env"], env, **options)
         check_policy_fits(policy, cfg)
         summary = {"checkpoint": info["run"], "step": info["step"], "env": cfg.to_dict()}
-        if len(subjects) == 1:
-            summary.update(evaluate(policy, cfg, episodes=episodes, seed=seed))
+        played = None
+        if len(subjects) == 1:  # the summary's sampled episodes are the table's rooms-as-configured: played once
+            played = rollout_episodes(policy, cfg, episodes, seed)
+            summary.update(evaluate(policy, cfg, episodes=episodes, seed=seed, played=played))
         summaries.append(summary)
         tables.append(behaviour_table(policy, cfg, episodes, seed, pinned=tuple(options), run=info["run"],
-                                      step=info["step"], run_seed=info["seed"]))  # fmt: skip
+                                      step=info["step"], run_seed=info["seed"], played=played))  # fmt: skip
     table = pd.concat(tables, ignore_index=True)
     if len(subjects) > 1:
         table = pd.concat([table, across_seeds(table)], ignore_index=True)

@@ -137,9 +137,13 @@ def summarize(episodes: dict) -> dict:
     }
 
 
-def evaluate(policy, env_config, episodes: int = 200, seed: int = 12345) -> dict:
-    """Metrics with sampled actions, and the same with argmax actions under an `argmax_` prefix."""
-    sampled = summarize(rollout_episodes(policy, env_config, episodes, seed, deterministic=False))
+def evaluate(policy, env_config, episodes: int = 200, seed: int = 12345, played: dict | None = None) -> dict:
+    """Metrics with sampled actions, and the same with argmax actions under an `argmax_` prefix. played: the
+    sampled episodes already played (`rollout_episodes` with the same policy, config, episodes and seed), so that
+    a caller that needs them too plays them once."""
+    if played is None:
+        played = rollout_episodes(policy, env_config, episodes, seed, deterministic=False)
+    sampled = summarize(played)
     greedy = summarize(rollout_episodes(policy, env_config, episodes, seed, deterministic=True))
     return {**sampled, **{f"argmax_{k}": v for k, v in greedy.items() if k != "episodes"}}
 
