@@ -109,3 +109,41 @@ def test_spaced_steps():
     assert spaced_steps(steps, 10) == [0, 2, 3, 5, 7, 8, 10, 12, 13, 15]
     assert spaced_steps(steps, 20) == steps and spaced_steps(steps, 2) == [0, 15]
     assert np.all(np.diff(spaced_steps(steps, 10)) > 0)
+
+
+@pytest.mark.slow
+def test_bench_probe_sweep_quick_through_the_cli():
+    """`workbench bench probe-sweep --quick --json`: both sides over the same checkpoints, every compared number
+    finite on both sides, the projection adding up, and both sides' convergence reported."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from workbench.cli.main import app
+
+    result = CliRunner().invoke(app, ["bench", "probe-sweep", "--quick", "--json", "--reference-steps", "all"])
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.output)["probe-sweep"]
+    assert len(figures["checkpoints"]) == 2 and figures["random_init_seeds"] == 5
+    assert figures["labels"] == list(QUICK_LABELS)
+    reference = figures["reference"]
+    assert reference["checkpoints_measured"] == figures["checkpoints"] and reference["random_init_draws_measured"] == 1
+    projected = reference["collect_s"] + 2 * reference["per_checkpoint_s"] + 5 * reference["per_random_init_draw_s"]
+    assert reference["projected_total_s"] == pytest.approx(projected, abs=0.3)
+    assert figures["speedup"] == pytest.approx(reference["projected_total_s"] / figures["ours_s"], rel=0.02)
+    assert figures["compared"] > 100 and figures["nan_on_one_side"] == 0
+    assert figures["max_metric_diff_points_by"]["probe"] < 5  # 1,200 observations: a smoke run, not the 1-point bar
+    for side in ("ours", "sklearn"):
+        assert figures["convergence"][side]["fits"] == 2 * len(figures["hooks"]) * 2  # logistic + multinomial
+    assert figures["convergence"]["sklearn"]["share_at_or_below_tol"] == 1.0
+
+
+def test_bench_subcommands_refuse_bad_options():
+    from typer.testing import CliRunner
+
+    from workbench.cli.main import app
+
+    result = CliRunner().invoke(app, ["bench", "probe-sweep", "--reference-steps", "none"])
+    assert result.exit_code != 0 and "--reference-steps" in result.output
+    result = CliRunner().invoke(app, ["bench", "--only", "probe-sweeps"])
+    assert result.exit_code != 0 and "probe-sweep" in result.output

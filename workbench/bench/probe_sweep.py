@@ -30,6 +30,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from probes.controls import control_task_targets, random_init_datasets, random_init_seeds_for
 from probes.episodes import bootstrap_weights, shuffle_across_episodes, split_by_episode
@@ -103,7 +104,9 @@ def bench_probe_sweep(
                            random_init_seeds=random_init_seeds, seed=seed, result=True)  # fmt: skip
         ours_s = time.perf_counter() - start
 
-    # ---- the reference: the same collection and replays, scikit-learn's fits and metrics
+    # ---- the reference: the same collection and replays, scikit-learn's fits and metrics, at one BLAS thread (its
+    # fastest setting on two cores; threadpoolctl applies the limit at once, and it is restored below)
+    limiter = threadpool_limits(1)
     start = time.perf_counter()
     last = load_policy(run_dir / f"{step_stem(steps[-1])}.json")
     shapes = hook_shapes(last)
@@ -150,6 +153,7 @@ def bench_probe_sweep(
     per_init_s = init_s / len(init_measured)
     reference_s = collect_s + per_step_s * len(steps) + per_init_s * len(init_seeds)
 
+    limiter.restore_original_limits()
     agreement = _agreement(ours.table, reference, ours_init)
     grads_ref = [e.grad for k, e in reference.items() if k[0] != "init" and not math.isnan(e.grad)]
     return {
@@ -189,7 +193,8 @@ def bench_probe_sweep(
             "ours": _grad_summary(grads_ours, tol),
             "sklearn": _grad_summary(grads_ref, tol),
         },
-        "threads": {"ours": 1, "sklearn_blas": _blas_threads()},
+        "threads": {"ours": 1, "sklearn_blas": 1},
+        "load_average_after": round(os.getloadavg()[0], 2),
         "goal_speedup": 20,
         "goal_max_metric_diff_points": 1.0,
     }
@@ -272,7 +277,8 @@ def _agreement(table, reference: dict, ours_init: dict) -> dict:
                 if c in e.controls and m in e.controls[c]:
                     theirs = control.loc[(step, hook, label, probe, m, c)].control_value
                     diffs.append((c, f"step {step} {hook} {label} {probe} {m}", theirs, e.controls[c][m]))
-    points = [(what, where, 100 * abs(a - b)) for what, where, a, b in diffs if not (math.isnan(a) and math.isnan(b))]
+    both = [(what, where, float(a), float(b)) for what, where, a, b in diffs]
+    points = [(what, where, 100 * abs(a - b)) for what, where, a, b in both if not (math.isnan(a) and math.isnan(b))]
     worst = sorted(points, key=lambda p: -p[2] if not math.isnan(p[2]) else -math.inf)
     by_kind = {}
     for what, _, p in points:
@@ -282,16 +288,8 @@ def _agreement(table, reference: dict, ours_init: dict) -> dict:
         "compared": len(points),
         "max_metric_diff_points": round(max((p for *_, p in points), default=math.nan), 2),
         "max_metric_diff_points_by": {k: round(v, 2) for k, v in by_kind.items()},
-        "over_1_point": sum(p > 1 for *_, p in points),
-        "nan_on_one_side": sum(math.isnan(p) for *_, p in points),
+        "over_1_point": int(sum(p > 1 for *_, p in points)),
+        "nan_on_one_side": int(sum(math.isnan(p) for *_, p in points)),
         "worst": [f"{what}: {where}: {p:.2f}" for what, where, p in worst[:8]],
         "max_interval_bound_diff_points": round(max(interval, default=math.nan), 2),
     }
-
-
-def _blas_threads() -> int | None:
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return None
-    return max((pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"), default=None)

@@ -41,8 +41,8 @@ def bench(
 
 
 def _show_bench(results: dict, as_json: bool) -> None:
-    if as_json:
-        typer.echo(json.dumps(results, indent=2))
+    if as_json:  # numpy scalars (int64, float32) as plain numbers: a long benchmark's figures are never lost to them
+        typer.echo(json.dumps(results, indent=2, default=lambda x: x.item() if hasattr(x, "item") else str(x)))
         return
     from rich.table import Table
 
