@@ -132,7 +132,8 @@ def test_bench_probe_sweep_quick_through_the_cli():
     assert reference["projected_total_s"] == pytest.approx(projected, abs=0.3)
     assert figures["speedup"] == pytest.approx(reference["projected_total_s"] / figures["ours_s"], rel=0.02)
     assert figures["compared"] > 100 and figures["nan_on_one_side"] == 0
-    assert figures["max_metric_diff_points_by"]["probe"] < 5  # 1,200 observations: a smoke run, not the 1-point bar
+    # 1,200 observations (a test set of ~240 rows, a row ~0.4 points): a smoke run, not the 1-point bar of 8,000
+    assert figures["max_metric_diff_points_by"]["probe"] < 10
     for side in ("ours", "sklearn"):
         assert figures["convergence"][side]["fits"] == 2 * len(figures["hooks"]) * 2  # logistic + multinomial
     assert figures["convergence"]["sklearn"]["share_at_or_below_tol"] == 1.0
